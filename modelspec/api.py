@@ -1,0 +1,331 @@
+"""The public Python API: orchestrates load -> validate -> resolve -> build -> report/save.
+
+Library code here never prints; it returns values or raises a ModelspecError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+from .build import DTYPES, BuildInfo, build_module
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
+from .errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError
+from .inventory import Report, inventory
+from .report import render_json, render_md
+from .resolve import Resolved, resolve
+from .source import load_text
+from .spec import Spec, parse
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "SPEC_FILE",
+    "build",
+    "build_info",
+    "compile_spec",
+    "load",
+    "report",
+    "save",
+    "validate",
+    "write_build",
+]
+
+SpecSource = str | os.PathLike[str]
+SPEC_FILE = "spec.yaml"
+CHECKPOINT_FILE = "model.safetensors"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+_INFO: weakref.WeakKeyDictionary[nn.Module, BuildInfo] = weakref.WeakKeyDictionary()
+
+
+def _read(source: SpecSource) -> tuple[str, str]:
+    """(text, file name) of a spec given as a path or as YAML text."""
+    is_path = isinstance(source, os.PathLike) or (
+        "\n" not in source and (source.endswith((".yaml", ".yml")) or Path(source).is_file())
+    )
+    if not is_path:
+        return str(source), "<spec>"
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SpecError([Diagnostic("file-error", f"cannot read the spec: {reason}", file=str(path))]) from e
+
+
+def compile_spec(source: SpecSource) -> Resolved:
+    """Load, validate and resolve a spec (a path or YAML text) without building it.
+
+    Raises:
+        SpecError: listing every problem, each with file:line:col and a path in the spec.
+    """
+    text, file = _read(source)
+    return resolve(parse(load_text(text, file)))
+
+
+def validate(source: SpecSource) -> list[Diagnostic]:
+    """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError."""
+    return list(compile_spec(source).spec.warnings)
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _build(resolved: Resolved, device: str | torch.device, dtype: torch.dtype | str | None) -> nn.Module:
+    module, info = build_module(resolved, device=device, dtype=_parse_dtype(dtype))
+    _INFO[module] = info
+    return module
+
+
+def build(
+    source: SpecSource, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> nn.Module:
+    """Build the model a spec describes.
+
+    Args:
+        source: a path to a YAML spec, or the YAML text itself.
+        device: where to allocate; ``"meta"`` gives shapes and counts without memory.
+        dtype: convert floating-point parameters after building (e.g. ``torch.bfloat16``).
+
+    Returns:
+        The model, or an ``nn.ModuleDict`` keyed by model name for a spec with ``models:``.
+        Every use of a named block is the same module object.
+
+    Raises:
+        SpecError: the spec is invalid; nothing was built.
+
+    Example:
+        >>> net = modelspec.build("specs/d2l/shared.yaml")
+        >>> net[2] is net[4]
+        True
+    """
+    resolved = compile_spec(source)
+    for w in resolved.spec.warnings:
+        warnings.warn(str(w), SpecWarning, stacklevel=2)
+    return _build(resolved, device, dtype)
+
+
+def build_info(module: nn.Module) -> BuildInfo | None:
+    """What modelspec knows about a module it built or loaded (None for others)."""
+    return _INFO.get(module)
+
+
+def report(module: nn.Module) -> Report:
+    """The parameter inventory of any module: unique tensors, aliases, ties, totals.
+
+    Modules built or loaded by modelspec also get block names and the spec's hash.
+    """
+    return inventory(module, _INFO.get(module))
+
+
+# ------------------------------------------------------------------ build folders
+@contextlib.contextmanager
+def _atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``out``; on success it replaces ``out`` whole."""
+    out = out.absolute()
+    if out.exists() and not _replaceable(out):
+        raise BuildDirError(f"{out} exists and is not a modelspec build folder; choose another output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        _default_permissions(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _default_permissions(folder: Path) -> None:
+    """mkdtemp makes the folder private (0700); give it and its files the umask's modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def _replaceable(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    return not names or {SPEC_FILE, CHECKPOINT_FILE} <= names
+
+
+def _write_folder(module: nn.Module, info: BuildInfo, out: Path, dtype: torch.dtype | None) -> Report:
+    rep = inventory(module, info)
+    spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
+    with _atomic_dir(out) as tmp:
+        (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
+        hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
+        save_checkpoint(
+            module,
+            tmp / CHECKPOINT_FILE,
+            spec_sha256=info.spec.sha256,
+            hashes=hashes,
+            dtype=str(dtype).removeprefix("torch.") if dtype else "",
+        )
+        (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
+        (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
+    return rep
+
+
+def _resolved_header(spec: Spec) -> str:
+    return (
+        f"# Resolved by modelspec from {Path(spec.file).name} (canonical sha256 {spec.sha256}).\n"
+        "# Positional arguments are bound to their names; anchors and aliases are expanded.\n"
+    )
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What ``write_build`` produced."""
+
+    module: nn.Module
+    report: Report
+    out: Path
+    warnings: tuple[Diagnostic, ...]
+
+
+def write_build(
+    source: SpecSource,
+    out: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+) -> BuildResult:
+    """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
+
+    Nothing is left behind on error: the folder appears complete or not at all.
+    """
+    resolved = compile_spec(source)
+    dt = _parse_dtype(dtype)
+    module = _build(resolved, device, dt)
+    if torch.device(device).type == "meta":
+        raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
+    rep = _write_folder(module, _INFO[module], Path(out), dt)
+    return BuildResult(module, rep, Path(out), resolved.spec.warnings)
+
+
+def _folder_spec(build_dir: Path) -> Resolved:
+    spec_path = build_dir / SPEC_FILE
+    if not build_dir.is_dir():
+        raise BuildDirError(f"{build_dir} is not a folder")
+    if not spec_path.is_file() or not (build_dir / CHECKPOINT_FILE).is_file():
+        raise BuildDirError(f"{build_dir} is not a modelspec build folder (needs {SPEC_FILE} and {CHECKPOINT_FILE})")
+    return compile_spec(spec_path)
+
+
+def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSource | None = None) -> Path:
+    """Write a build folder for ``module``'s current values (e.g. after training).
+
+    The spec comes from ``spec=``, else from the module's own build, else from
+    ``build_dir/spec.yaml``. The module must still have exactly the tensors and ties
+    its spec declares.
+
+    Raises:
+        TieMismatchError: sharing, names or shapes no longer match the spec.
+    """
+    out = Path(build_dir)
+    info = _INFO.get(module)
+    if spec is not None:
+        resolved = compile_spec(spec)
+    elif info is not None:
+        resolved = resolve(info.spec)
+    else:
+        resolved = _folder_spec(out)
+    expected, info = build_module(resolved, device="meta")
+    _check_same_structure(module, expected)
+    dtype = _uniform_dtype(module)
+    _write_folder(module, info, out, dtype)
+    return out
+
+
+def _uniform_dtype(module: nn.Module) -> torch.dtype | None:
+    floats = {p.dtype for p in module.parameters() if p.is_floating_point()}
+    return floats.pop() if len(floats) == 1 and torch.float32 not in floats else None
+
+
+def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
+    have_t, have_ties = unique_state(module)
+    want_t, want_ties = unique_state(expected)
+    problems = []
+    if set(have_t) | set(have_ties) != set(want_t) | set(want_ties):
+        missing = sorted((set(want_t) | set(want_ties)) - (set(have_t) | set(have_ties)))
+        extra = sorted((set(have_t) | set(have_ties)) - (set(want_t) | set(want_ties)))
+        problems.append(f"state_dict keys differ (missing {missing[:5]}, unexpected {extra[:5]})")
+    elif have_ties != want_ties:
+        for alias in sorted(set(have_ties) | set(want_ties)):
+            if have_ties.get(alias) != want_ties.get(alias):
+                problems.append(
+                    f"'{alias}' should be tied to {want_ties.get(alias)!r} but is tied to {have_ties.get(alias)!r}"
+                )
+    else:
+        for name, t in want_t.items():
+            if tuple(have_t[name].shape) != tuple(t.shape):
+                problems.append(f"'{name}' has shape {list(have_t[name].shape)}, the spec gives {list(t.shape)}")
+    if problems:
+        raise TieMismatchError("the module no longer matches its spec: " + "; ".join(problems[:8]))
+
+
+def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a build folder and load its weights.
+
+    Rebuilds from the folder's resolved spec (so every tie comes back as object
+    identity), loads ``model.safetensors`` without pickle, and verifies names, the tie
+    map and each tensor's sha256.
+
+    Raises:
+        BuildDirError: not a build folder. CheckpointError: the checkpoint does not match.
+    """
+    folder = Path(build_dir)
+    resolved = _folder_spec(folder)
+    meta = read_metadata(folder / CHECKPOINT_FILE)
+    dtype = _parse_dtype(meta.get("dtype") or None)
+    module = _allocate(resolved, torch.device(device), dtype)
+    load_checkpoint(module, folder / CHECKPOINT_FILE)
+    return module
+
+
+def _allocate(resolved: Resolved, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+    """The model with uninitialized storage: built on meta, then given real memory.
+
+    Falls back to a normal build when that cannot keep every tensor and tie (a
+    non-persistent buffer has no value in the checkpoint; ``to_empty`` would break
+    parameter-level ties).
+    """
+    module = _build(resolved, "meta", dtype)
+    _, ties = unique_state(module)
+    has_volatile = any(getattr(m, "_non_persistent_buffers_set", None) for m in module.modules())
+    if not has_volatile:
+        info = _INFO[module]
+        module = module.to_empty(device=device)
+        if unique_state(module)[1] == ties:
+            _INFO[module] = info
+            return module
+    return _build(resolved, device, dtype)

@@ -1,0 +1,120 @@
+"""Checkpoints: each unique tensor once, in safetensors, with the tie map and checksums.
+
+``state_dict()`` lists a shared tensor under every alias and ``safetensors.save_file``
+refuses such a dict, so tensors are grouped by object identity: the file holds one
+entry per unique tensor under its canonical name (the first in traversal order) and
+the metadata maps every other alias to it. Loading copies into an already built module
+(whose ties come from the spec, never from the file) and checks that the file's tie
+map, names, shapes, dtypes and sha256 checksums all agree. No pickle is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from ._version import __version__
+from .errors import CheckpointError
+from .stats import sha256_of
+
+__all__ = ["FORMAT", "load_checkpoint", "read_metadata", "save_checkpoint", "unique_state"]
+
+FORMAT = "modelspec"
+
+
+def unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state_dict's tensors once each, by canonical name, and ``{alias: canonical}``."""
+    tensors: dict[str, torch.Tensor] = {}
+    ties: dict[str, str] = {}
+    canonical_of: dict[int, str] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        first = canonical_of.setdefault(id(t), name)
+        if first == name:
+            tensors[name] = t
+        else:
+            ties[name] = first
+    return tensors, ties
+
+
+def save_checkpoint(
+    module: nn.Module, path: Path, *, spec_sha256: str | None, dtype: str = "", hashes: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Write ``module``'s unique tensors to ``path``; return the metadata written.
+
+    ``hashes`` (canonical name -> sha256) may come from a report computed just before,
+    to avoid hashing twice.
+    """
+    tensors, ties = unique_state(module)
+    data = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    digests = {name: (hashes or {}).get(name) or sha256_of(t) for name, t in data.items()}
+    metadata = {
+        "format": FORMAT,
+        "modelspec_version": __version__,
+        "spec_sha256": spec_sha256 or "",
+        "dtype": dtype,
+        "ties": json.dumps(ties, sort_keys=True),
+        "sha256": json.dumps(digests, sort_keys=True),
+    }
+    safetensors.torch.save_file(data, str(path), metadata=metadata)
+    return metadata
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The checkpoint's metadata; raises CheckpointError if it is not modelspec's."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (OSError, safetensors.SafetensorError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a modelspec checkpoint (no 'format: {FORMAT}' in its metadata)")
+    return meta
+
+
+def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
+    """Copy the checkpoint at ``path`` into ``module`` in place, verifying everything.
+
+    Raises CheckpointError when names, the tie map, shapes, dtypes or checksums
+    differ; ``module`` is unchanged in that case.
+    """
+    meta = read_metadata(path)
+    try:
+        file_ties: dict[str, str] = json.loads(meta["ties"])
+        digests: dict[str, str] = json.loads(meta["sha256"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged metadata: {e}") from e
+    targets, ties = unique_state(module)
+    if ties != file_ties:
+        raise CheckpointError(_tie_difference(path, ties, file_ties))
+    data = safetensors.torch.load_file(str(path))
+    problems: list[str] = []
+    if set(data) != set(targets):
+        missing = sorted(set(targets) - set(data))
+        extra = sorted(set(data) - set(targets))
+        problems.append(f"tensor names differ (missing: {missing[:5]}, unexpected: {extra[:5]})")
+    for name in sorted(set(data) & set(targets)):
+        src, dst = data[name], targets[name]
+        if src.shape != dst.shape or src.dtype != dst.dtype:
+            problems.append(f"{name}: file has {list(src.shape)} {src.dtype}, model has {list(dst.shape)} {dst.dtype}")
+        elif digests.get(name) != sha256_of(src):
+            problems.append(f"{name}: checksum mismatch (the file is damaged)")
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    with torch.no_grad():
+        for name, src in data.items():
+            targets[name].copy_(src)
+    return meta
+
+
+def _tie_difference(path: Path, model: dict[str, Any], file: dict[str, Any]) -> str:
+    lines = [f"{path}: the checkpoint's ties differ from the model's"]
+    for alias in sorted(set(model) | set(file)):
+        if model.get(alias) != file.get(alias):
+            lines.append(f"  {alias}: model ties it to {model.get(alias)!r}, file to {file.get(alias)!r}")
+    return "\n".join(lines[:12])

@@ -1,0 +1,171 @@
+"""Exceptions and diagnostics.
+
+Every error modelspec raises derives from :class:`ModelspecError`::
+
+    ModelspecError
+    ├── SpecError           the spec is invalid; carries ranked Diagnostics with positions
+    ├── BuildDirError       a build folder is missing, incomplete or not modelspec's
+    ├── CheckpointError     a checkpoint is corrupt, its checksums or ties do not match
+    └── TieMismatchError    a module's sharing no longer matches its spec (on save)
+
+A :class:`Diagnostic` is one finding about a spec: a stable ``code`` (tests match on
+it, never on prose), the file/line/column, the path inside the spec (``model[2].use``),
+the message and, where obvious, a hint that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = [
+    "BuildDirError",
+    "CheckpointError",
+    "Diagnostic",
+    "ModelspecError",
+    "SpecError",
+    "SpecWarning",
+    "TieMismatchError",
+    "did_you_mean",
+    "format_path",
+]
+
+Severity = Literal["error", "warning"]
+PathPart = str | int
+SpecPath = tuple[PathPart, ...]
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """Render a path inside a spec the way a user reads it: ``models.mlp1[2].use``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """Return a hint naming the closest candidate, or None when nothing is close."""
+    candidates = list(candidates)
+    lowered = {c.lower(): c for c in candidates}
+    if word.lower() in lowered:  # case slip: 'linear' for 'Linear'
+        return f"did you mean '{lowered[word.lower()]}'?"
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.7)
+    return f"did you mean '{match[0]}'?" if match else None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding about a spec, with where it is and how to fix it."""
+
+    code: str
+    message: str
+    path: SpecPath = ()
+    file: str = "<spec>"
+    line: int | None = None
+    column: int | None = None
+    hint: str | None = None
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
+        text = f"{where}: {self.severity}[{self.code}] {format_path(self.path)}: {self.message}"
+        if self.hint:
+            text += f"\n    hint: {self.hint}"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "path": format_path(self.path),
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class ModelspecError(Exception):
+    """Base class of every error modelspec raises."""
+
+
+class SpecError(ModelspecError):
+    """The spec is invalid. ``diagnostics`` holds every error found, ranked by position."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        ranked = sorted(diagnostics, key=lambda d: (d.file, d.line or 0, d.column or 0, d.code))
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(ranked)
+        count = len(self.diagnostics)
+        head = f"{count} error{'s' if count != 1 else ''} in spec"
+        super().__init__(head + ":\n" + "\n".join(str(d) for d in self.diagnostics))
+
+    @property
+    def codes(self) -> list[str]:
+        return [d.code for d in self.diagnostics]
+
+
+class SpecWarning(UserWarning):
+    """A spec is valid but has something worth fixing (e.g. a block never used)."""
+
+
+class BuildDirError(ModelspecError):
+    """A build folder is missing, incomplete, or not written by modelspec."""
+
+
+class CheckpointError(ModelspecError):
+    """A checkpoint is corrupt: checksums, tensor names or tie map do not match."""
+
+
+class TieMismatchError(ModelspecError):
+    """A module's parameter sharing no longer matches the spec it was built from."""
+
+
+@dataclass
+class Collector:
+    """Gathers diagnostics across a stage so all errors are reported at once."""
+
+    file: str = "<spec>"
+    positions: dict[SpecPath, tuple[int, int]] = field(default_factory=dict)
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def add(
+        self,
+        code: str,
+        message: str,
+        path: Sequence[PathPart] = (),
+        hint: str | None = None,
+        severity: Severity = "error",
+        at: tuple[int, int] | None = None,
+    ) -> None:
+        """Record a finding; ``at`` overrides the position looked up from ``path``."""
+        path = tuple(path)
+        line, column = at if at is not None else self.position(path)
+        self.items.append(Diagnostic(code, message, path, self.file, line, column, hint, severity))
+
+    def position(self, path: SpecPath) -> tuple[int | None, int | None]:
+        """The position of the deepest node on ``path`` that the source recorded."""
+        for cut in range(len(path), -1, -1):
+            pos = self.positions.get(path[:cut])
+            if pos is not None:
+                return pos
+        return None, None
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "warning"]
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise SpecError(self.errors)

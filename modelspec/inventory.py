@@ -1,0 +1,256 @@
+"""Stage 5: a module -> its parameter inventory (:class:`Report`).
+
+Works on any ``nn.Module``; when the module was built by modelspec its block names
+label owners and tie groups. Tensors are grouped by object identity (never by storage
+pointer: on ``meta`` every pointer is 0): a tensor reachable under several names is
+listed once, with every alias, and its canonical name is the first one in PyTorch's
+own traversal order (the name ``named_parameters()`` shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._version import __version__
+from .build import BuildInfo
+from .stats import sha256_of, summarize
+
+__all__ = ["REPORT_VERSION", "BlockSummary", "Report", "TensorEntry", "TensorStats", "TieGroup", "Totals", "inventory"]
+
+REPORT_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorStats(_Frozen):
+    """Summary statistics in float64; ``None`` where non-finite values make them meaningless."""
+
+    mean: float | None
+    std: float | None
+    min: float | None
+    max: float | None
+    l2: float | None = Field(description="L2 norm")
+    nonfinite: int = Field(0, description="number of NaN/inf elements")
+
+
+class TensorEntry(_Frozen):
+    """One unique tensor (a parameter or a buffer), listed once however many names reach it."""
+
+    name: str = Field(description="canonical name: the first in PyTorch's traversal order")
+    aliases: list[str] = Field(description="every qualified name that reaches this tensor, canonical first")
+    kind: Literal["parameter", "buffer"]
+    block: str | None = Field(description="the innermost named block that owns it")
+    shape: list[int]
+    dtype: str
+    numel: int
+    bytes: int
+    requires_grad: bool
+    persistent: bool = Field(True, description="buffers only: saved in state_dict")
+    stats: TensorStats | None = Field(description="None on the meta device")
+    sha256: str | None = Field(description="sha256 of the raw bytes in C order; None on meta")
+
+
+class TieGroup(_Frozen):
+    """Tensors that are one object under several names.
+
+    ``kind="module"``: one module placed at several ``sites`` (a named block);
+    ``kind="parameter"``: one parameter held by several different modules.
+    """
+
+    kind: Literal["module", "parameter"]
+    block: str | None
+    sites: list[str]
+    tensors: list[str] = Field(description="canonical names of the tied tensors")
+    numel: int = Field(description="elements stored once for the group")
+
+
+class BlockSummary(_Frozen):
+    """A named block: where it is used and what it holds (counted once)."""
+
+    name: str
+    sites: list[str]
+    tensors: int
+    params: int
+
+
+class Totals(_Frozen):
+    unique_params: int = Field(description="parameter elements, each tensor counted once")
+    naive_params: int = Field(description="the sum over every name: what double-counting tools show")
+    saved_by_sharing: int
+    unique_tensors: int
+    param_bytes: int
+    trainable_params: int
+    frozen_params: int
+    buffer_numel: int
+    buffer_bytes: int
+
+
+class Report(_Frozen):
+    """The parameter inventory of a model (``report.json``)."""
+
+    format: Literal["modelspec-report"] = "modelspec-report"
+    version: Literal[1] = REPORT_VERSION
+    modelspec_version: str = __version__
+    name: str | None
+    spec_sha256: str | None
+    device: str
+    totals: Totals
+    tensors: list[TensorEntry]
+    tie_groups: list[TieGroup]
+    blocks: list[BlockSummary]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor, list[str]]]:
+    """Group (name, tensor) pairs by tensor identity, keeping first-seen order."""
+    by_id: dict[int, tuple[torch.Tensor, list[str]]] = {}
+    for name, t in named:
+        if t is None:
+            continue
+        by_id.setdefault(id(t), (t, []))[1].append(name)
+    return list(by_id.values())
+
+
+def inventory(module: nn.Module, info: BuildInfo | None = None, *, threads: int = 2) -> Report:
+    """Inventory every unique parameter and buffer of ``module``.
+
+    Checksums are computed in worker threads while statistics run on the caller's
+    thread (hashlib releases the GIL), so hashing dominates the time.
+    """
+    params = _group(list(module.named_parameters(remove_duplicate=False)))
+    buffers = _group(list(module.named_buffers(remove_duplicate=False)))
+    non_persistent = {
+        (f"{mod_name}.{b}" if mod_name else b)
+        for mod_name, m in module.named_modules(remove_duplicate=False)
+        for b in getattr(m, "_non_persistent_buffers_set", ())
+    }
+    everything = [(t, names, "parameter") for t, names in params] + [(t, names, "buffer") for t, names in buffers]
+    on_meta = any(t.is_meta for t, _, _ in everything)
+    hashes: list[str | None]
+    stats: list[TensorStats | None]
+    if on_meta:
+        hashes = [None] * len(everything)
+        stats = [None] * len(everything)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            futures = [pool.submit(sha256_of, t) for t, _, _ in everything]
+            stats = [TensorStats(**vars(summarize(t))) for t, _, _ in everything]
+            hashes = [f.result() for f in futures]
+
+    entries = []
+    for (t, names, kind), digest, st in zip(everything, hashes, stats, strict=True):
+        entries.append(
+            TensorEntry(
+                name=names[0],
+                aliases=names,
+                kind=kind,  # type: ignore[arg-type]
+                block=_owner(info, names[0]),
+                shape=list(t.shape),
+                dtype=_dtype_name(t.dtype),
+                numel=t.numel(),
+                bytes=t.numel() * t.element_size(),
+                requires_grad=bool(t.requires_grad) if kind == "parameter" else False,
+                persistent=kind == "parameter" or names[0] not in non_persistent,
+                stats=st,
+                sha256=digest,
+            )
+        )
+    p_entries = [e for e in entries if e.kind == "parameter"]
+    b_entries = [e for e in entries if e.kind == "buffer"]
+    unique = sum(e.numel for e in p_entries)
+    naive = sum(e.numel * len(e.aliases) for e in p_entries)
+    trainable = sum(e.numel for e in p_entries if e.requires_grad)
+    totals = Totals(
+        unique_params=unique,
+        naive_params=naive,
+        saved_by_sharing=naive - unique,
+        unique_tensors=len(entries),
+        param_bytes=sum(e.bytes for e in p_entries),
+        trainable_params=trainable,
+        frozen_params=unique - trainable,
+        buffer_numel=sum(e.numel for e in b_entries),
+        buffer_bytes=sum(e.bytes for e in b_entries),
+    )
+    device = str(everything[0][0].device) if everything else "cpu"
+    spec = info.spec if info else None
+    return Report(
+        name=spec.name if spec else None,
+        spec_sha256=spec.sha256 if spec else None,
+        device=device,
+        totals=totals,
+        tensors=entries,
+        tie_groups=_tie_groups(module, entries, info),
+        blocks=_blocks(entries, info),
+    )
+
+
+def _owner(info: BuildInfo | None, tensor_name: str) -> str | None:
+    if info is None:
+        return None
+    return info.owner(tensor_name.rpartition(".")[0])
+
+
+def _tie_groups(module: nn.Module, entries: list[TensorEntry], info: BuildInfo | None) -> list[TieGroup]:
+    groups: list[TieGroup] = []
+    modules = dict(module.named_modules(remove_duplicate=False))
+    by_id: dict[int, list[str]] = {}
+    for name, m in modules.items():
+        by_id.setdefault(id(m), []).append(name)
+    shared = {i: names for i, names in by_id.items() if len(names) > 1}
+
+    def inherited(name: str) -> bool:  # this name exists only because a parent is shared
+        parent = name.rpartition(".")[0] if "." in name else None
+        return parent is not None and id(modules[parent]) in shared
+
+    explained: set[str] = set()
+    for names in shared.values():
+        if all(inherited(n) for n in names):
+            continue
+        prefixes = tuple(n + "." for n in names)
+        tensors = [e for e in entries if any(a.startswith(prefixes) for a in e.aliases)]
+        explained.update(e.name for e in tensors)
+        block = info.owner(names[0]) if info else None
+        groups.append(
+            TieGroup(
+                kind="module",
+                block=block,
+                sites=names,
+                tensors=[e.name for e in tensors],
+                numel=sum(e.numel for e in tensors),
+            )
+        )
+    for e in entries:  # parameters shared by different modules (e.g. a tied output head)
+        owners = {id(modules[a.rpartition(".")[0]]) for a in e.aliases}
+        if len(owners) > 1:
+            groups.append(
+                TieGroup(kind="parameter", block=None, sites=list(e.aliases), tensors=[e.name], numel=e.numel)
+            )
+    return groups
+
+
+def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSummary]:
+    if info is None:
+        return []
+    out = []
+    for name, sites in info.block_sites.items():
+        mine = [e for e in entries if e.block == name]
+        out.append(
+            BlockSummary(
+                name=name,
+                sites=list(sites),
+                tensors=len(mine),
+                params=sum(e.numel for e in mine if e.kind == "parameter"),
+            )
+        )
+    return out

@@ -1,0 +1,114 @@
+"""JSON Schemas generated from the pydantic models (and, for layers, the registry).
+
+``schemas/modelspec.schema.json`` lets editors complete and check specs: layer names,
+and each layer's argument names and types. ``schemas/report.schema.json`` describes
+``report.json``. Both are committed; a test fails when they drift from the code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import registry
+from .inventory import Report
+from .spec import NODE_MARKER, SpecFile
+
+__all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
+
+_BASE = "https://github.com/modelspec/modelspec/schemas/"
+SCHEMA_FILES = ("modelspec.schema.json", "report.schema.json")
+
+
+def _node_defs() -> dict[str, Any]:
+    names = registry.layer_names()
+    layer_refs = []
+    defs: dict[str, Any] = {}
+    for name in names:
+        entry = registry.get_layer(name)
+        assert entry is not None
+        defs[f"layer.{name}"] = {
+            "type": "object",
+            "properties": {name: entry.json_schema()},
+            "required": [name],
+            "additionalProperties": False,
+        }
+        layer_refs.append({"$ref": f"#/$defs/layer.{name}"})
+    defs["Node"] = {
+        "description": "a layer, a list (nn.Sequential), named children, or {use: block}",
+        "anyOf": [
+            {"type": "string", "enum": names, "description": "a layer without arguments"},
+            *layer_refs,
+            {"$ref": "#/$defs/Use"},
+            {
+                "type": "array",
+                "items": {"$ref": "#/$defs/Node"},
+                "minItems": 1,
+                "description": "layers run in order: nn.Sequential",
+            },
+            {"$ref": "#/$defs/Children"},
+        ],
+    }
+    defs["Use"] = {
+        "type": "object",
+        "properties": {"use": {"type": "string", "description": "a block declared under 'blocks:'"}},
+        "required": ["use"],
+        "additionalProperties": False,
+    }
+    defs["Children"] = {
+        "type": "object",
+        "description": "named children, run in order; names are lower-case identifiers",
+        "minProperties": 1,
+        "patternProperties": {"^[a-z_][A-Za-z0-9_]*$": {"$ref": "#/$defs/Node"}},
+        "additionalProperties": False,
+    }
+    return defs
+
+
+def _link_nodes(value: Any) -> Any:
+    """Replace the node marker left by ``SpecFile`` with a reference to ``#/$defs/Node``."""
+    if isinstance(value, dict):
+        if value.get(NODE_MARKER):
+            return {"$ref": "#/$defs/Node"}
+        return {k: _link_nodes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_link_nodes(v) for v in value]
+    return value
+
+
+def spec_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file."""
+    schema = _link_nodes(SpecFile.model_json_schema())
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = _BASE + SCHEMA_FILES[0]
+    schema.setdefault("$defs", {}).update(_node_defs())
+    return schema
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of ``report.json``."""
+    schema = Report.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = _BASE + SCHEMA_FILES[1]
+    return schema
+
+
+def render_schemas() -> dict[str, str]:
+    """File name -> text, exactly as committed under ``schemas/``."""
+    return {
+        SCHEMA_FILES[0]: json.dumps(spec_schema(), indent=2, sort_keys=True) + "\n",
+        SCHEMA_FILES[1]: json.dumps(report_schema(), indent=2, sort_keys=True) + "\n",
+    }
+
+
+def write_schemas(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_schemas().items():
+        path = folder / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
