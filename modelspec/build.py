@@ -146,9 +146,10 @@ def build_module(
 def _materialize(
     root: nn.Module, roots: dict[str, nn.Module], spec: Spec, builder: _Builder, device: torch.device, errors: Collector
 ) -> None:
-    """Run the example input once through each model so lazy layers take their shapes."""
+    """Run the example input once through each model: lazy layers take their shapes and
+    every layer's sizes are checked against the input before anyone trains."""
     lazy = [(n, m) for n, m in root.named_modules() if _is_lazy(m)]
-    if not lazy:
+    if spec.input is None and not lazy:
         return
     if spec.input is None:
         name, module = lazy[0]

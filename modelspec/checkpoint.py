@@ -11,6 +11,7 @@ map, names, shapes, dtypes and sha256 checksums all agree. No pickle is involved
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.nn as nn
 
 from ._version import __version__
 from .errors import CheckpointError
-from .stats import sha256_of
+from .stats import raw_bytes, sha256_of
 
 __all__ = ["FORMAT", "load_checkpoint", "read_metadata", "save_checkpoint", "unique_state"]
 
@@ -61,8 +62,40 @@ def save_checkpoint(
         "ties": json.dumps(ties, sort_keys=True),
         "sha256": json.dumps(digests, sort_keys=True),
     }
-    safetensors.torch.save_file(data, str(path), metadata=metadata)
+    write_safetensors(path, data, metadata)
     return metadata
+
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write the safetensors format with a deterministic header.
+
+    ``safetensors.torch.save_file`` writes its metadata in hash-map order, so two saves
+    of the same model differ in bytes. This writer sorts the header, streams each
+    tensor's memory to disk without copying it, and is read by the safetensors library.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        if t.dtype not in _ST_DTYPES:
+            raise CheckpointError(f"'{name}': dtype {t.dtype} cannot be stored in safetensors")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for t in tensors.values():
+            f.write(raw_bytes(t))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -91,6 +91,29 @@ class Totals(_Frozen):
     frozen_params: int
     buffer_numel: int
     buffer_bytes: int
+    training_bytes_adam: int = Field(
+        description="weights + gradients + Adam's two moment buffers (activations not included)"
+    )
+
+
+class ModuleEntry(_Frozen):
+    """One unique module; a shared one is listed once with every name that reaches it."""
+
+    name: str = Field(description="canonical name ('' for the root)")
+    aliases: list[str]
+    type: str = Field(description="class name, e.g. 'Linear'")
+    block: str | None = Field(description="the named block this module is (or lies inside)")
+    params: int = Field(description="parameter elements held directly (not by children)")
+
+
+class ChildSummary(_Frozen):
+    """A top-level child of the model (a model of a multi-model spec, or a layer)."""
+
+    name: str
+    type: str
+    params: int = Field(description="parameter elements inside, each tensor counted once")
+    tensors: int
+    shared_params: int = Field(description="of those, elements also reachable from another top-level child")
 
 
 class Report(_Frozen):
@@ -106,6 +129,8 @@ class Report(_Frozen):
     tensors: list[TensorEntry]
     tie_groups: list[TieGroup]
     blocks: list[BlockSummary]
+    children: list[ChildSummary]
+    modules: list[ModuleEntry]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -181,6 +206,7 @@ def inventory(module: nn.Module, info: BuildInfo | None = None, *, threads: int 
         frozen_params=unique - trainable,
         buffer_numel=sum(e.numel for e in b_entries),
         buffer_bytes=sum(e.bytes for e in b_entries),
+        training_bytes_adam=sum(e.bytes + (3 * e.bytes if e.requires_grad else 0) for e in p_entries),
     )
     device = str(everything[0][0].device) if everything else "cpu"
     spec = info.spec if info else None
@@ -192,6 +218,8 @@ def inventory(module: nn.Module, info: BuildInfo | None = None, *, threads: int 
         tensors=entries,
         tie_groups=_tie_groups(module, entries, info),
         blocks=_blocks(entries, info),
+        children=_children(module, entries),
+        modules=_modules(module, info),
     )
 
 
@@ -254,3 +282,42 @@ def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSum
             )
         )
     return out
+
+
+def _children(module: nn.Module, entries: list[TensorEntry]) -> list[ChildSummary]:
+    tops = list(module.named_children())
+    reach: dict[str, list[TensorEntry]] = {name: [] for name, _ in tops}
+    for e in entries:
+        for name in {a.split(".", 1)[0] for a in e.aliases if "." in a}:
+            if name in reach:
+                reach[name].append(e)
+    out = []
+    for name, child in tops:
+        mine = [e for e in reach[name] if e.kind == "parameter"]
+        shared = [e for e in mine if any(e in reach[other] for other in reach if other != name)]
+        out.append(
+            ChildSummary(
+                name=name,
+                type=type(child).__name__,
+                params=sum(e.numel for e in mine),
+                tensors=len(reach[name]),
+                shared_params=sum(e.numel for e in shared),
+            )
+        )
+    return out
+
+
+def _modules(module: nn.Module, info: BuildInfo | None) -> list[ModuleEntry]:
+    grouped: dict[int, tuple[nn.Module, list[str]]] = {}
+    for name, m in module.named_modules(remove_duplicate=False):
+        grouped.setdefault(id(m), (m, []))[1].append(name)
+    return [
+        ModuleEntry(
+            name=names[0],
+            aliases=names,
+            type=type(m).__name__,
+            block=info.owner(names[0]) if info else None,
+            params=sum(p.numel() for p in m.parameters(recurse=False)),
+        )
+        for m, names in grouped.values()
+    ]

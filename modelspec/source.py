@@ -88,7 +88,7 @@ def load_text(text: str, file: str = "<spec>") -> Document:
         loader.dispose()
 
     if node is None:
-        errors.add("empty-spec", "the spec is empty", hint="start with 'modelspec: 1'")
+        errors.add("empty-spec", "the spec is empty", hint="start with 'modelspec: 1'", at=(1, 1))
         errors.raise_if_errors()
     converter = _Converter(loader, errors)
     try:

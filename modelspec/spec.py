@@ -204,28 +204,32 @@ def parse(doc: Document) -> Spec:
         errors.add("conflicting-keys", "give either 'model' or 'models', not both", ("models",))
     elif "model" not in data and "models" not in data:
         errors.add("missing-key", "the spec defines no model", hint="add 'model:' (or 'models:' for several)")
-    errors.raise_if_errors()
+    known = {k: v for k, v in data.items() if k in SpecFile.model_fields}
+    known.setdefault("modelspec", FORMAT_VERSION)  # reported above; keep checking the rest
+    if known["modelspec"] != FORMAT_VERSION:
+        known["modelspec"] = FORMAT_VERSION
+    top: SpecFile | None = None
     try:
-        top = SpecFile.model_validate(data)
+        top = SpecFile.model_validate(known)
     except pydantic.ValidationError as e:
         for err in e.errors():
             loc = tuple(err["loc"])
             code = {"missing": "missing-key", "extra_forbidden": "unknown-key"}.get(err["type"], "wrong-type")
-            errors.add(
-                code, f"{err['msg']} (got {_kind(err.get('input'))})" if code == "wrong-type" else err["msg"], loc
-            )
-        errors.raise_if_errors()
-        raise AssertionError("unreachable") from e
+            message = f"{err['msg']} (got {_kind(err.get('input'))})" if code == "wrong-type" else err["msg"]
+            errors.add(code, message, loc)
 
+    # Nodes are checked even when the top level has errors, so all problems come at once.
     parser = _NodeParser(errors)
-    blocks = {name: parser.node(raw, ("blocks", name)) for name, raw in top.blocks.items()}
-    model = parser.node(top.model, ("model",)) if top.models is None else None
+    raw_blocks = known.get("blocks") if isinstance(known.get("blocks"), dict) else {}
+    blocks = {name: parser.node(raw, ("blocks", name)) for name, raw in raw_blocks.items()}
+    model = parser.node(known["model"], ("model",)) if "model" in known and "models" not in known else None
     models = None
-    if top.models is not None:
-        if not top.models:
+    if isinstance(known.get("models"), dict):
+        if not known["models"]:
             errors.add("wrong-type", "'models' is empty", ("models",))
-        models = {name: parser.node(raw, ("models", name)) for name, raw in top.models.items()}
+        models = {name: parser.node(raw, ("models", name)) for name, raw in known["models"].items()}
     errors.raise_if_errors()
+    assert top is not None
     spec = Spec(
         name=top.name,
         description=top.description,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TensorSummary", "sha256_of", "summarize"]
+__all__ = ["TensorSummary", "raw_bytes", "sha256_of", "summarize"]
 
 _CHUNK = 1 << 20
 _ROW = 1 << 12
@@ -43,15 +43,26 @@ def _cpu_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def sha256_of(t: torch.Tensor) -> str:
-    """sha256 of ``t``'s bytes in C order (native byte order), without copying them."""
+def raw_bytes(t: torch.Tensor) -> memoryview:
+    """``t``'s bytes in C order (native byte order) as a zero-copy view of its memory.
+
+    The view borrows the memory of a contiguous CPU tensor (``t`` itself when it is
+    one, else a copy); it is valid while that tensor is alive, which the returned
+    view guarantees by keeping a reference to it.
+    """
     t = _cpu_contiguous(t)
     nbytes = t.numel() * t.element_size()
     if nbytes == 0:
-        return hashlib.sha256(b"").hexdigest()
-    view = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+        return memoryview(b"")
+    buf = (ctypes.c_char * nbytes).from_address(t.data_ptr())
+    buf._keepalive = t  # type: ignore[attr-defined]  # ctypes arrays accept attributes
+    return memoryview(buf).cast("B")
+
+
+def sha256_of(t: torch.Tensor) -> str:
+    """sha256 of ``t``'s raw bytes in C order, read without copying them."""
     # hashlib releases the GIL for large buffers, so callers may hash in threads
-    return hashlib.sha256(memoryview(view).cast("B")).hexdigest()
+    return hashlib.sha256(raw_bytes(t)).hexdigest()
 
 
 def _row_sums(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,67 @@
+"""The CLI: help with examples everywhere, stdout for data, stderr for diagnostics."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import D2L
+
+from modelspec.cli import main
+
+COMMANDS = ["build", "validate", "schema"]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(list(argv), stdout=out, stderr=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help_has_examples(command: str | None) -> None:
+    rc, out, _ = run(*([command] if command else []), "--help")
+    assert rc == 0
+    assert "examples:" in out and "modelspec " in out
+
+
+def test_build_prints_summary_and_writes_folder(tmp_path: Path) -> None:
+    rc, out, err = run("build", str(D2L / "shared.yaml"), "-o", str(tmp_path / "b"))
+    assert rc == 0, err
+    assert "121 parameters" in out and "193" in out
+    assert (tmp_path / "b" / "model.safetensors").is_file()
+
+
+def test_build_json_output_is_data(tmp_path: Path) -> None:
+    rc, out, _ = run("build", str(D2L / "shared_mlp.yaml"), "-o", str(tmp_path / "b"), "--format", "json")
+    assert rc == 0
+    payload = json.loads(out)
+    assert payload["totals"]["unique_params"] == 4480
+    assert payload["files"] == ["model.safetensors", "report.json", "report.md", "spec.yaml"]
+
+
+def test_usage_error_exits_2() -> None:
+    rc, _, err = run("build")
+    assert rc == 2 and "usage:" in err
+
+
+def test_schema_check(tmp_path: Path) -> None:
+    assert run("schema", "-o", str(tmp_path))[0] == 0
+    assert run("schema", "--check", str(tmp_path))[0] == 0
+    (tmp_path / "report.schema.json").write_text("{}")
+    rc, _, err = run("schema", "--check", str(tmp_path))
+    assert rc == 1 and "out of date" in err
+
+
+def test_console_entry_point_runs(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelspec", "validate", str(D2L / "net.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and "valid" in proc.stdout
