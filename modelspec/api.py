@@ -11,17 +11,22 @@ import shutil
 import tempfile
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydantic
+import safetensors
 import torch
 import torch.nn as nn
 import yaml
 
 from .build import DTYPES, BuildInfo, build_module
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
+from .diff import Diff, diff_reports
 from .errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError
+from .grads import GradReport, Loss, example_batch, gradients
+from .html import render_html
 from .inventory import Report, inventory
 from .report import render_json, render_md
 from .resolve import Resolved, resolve
@@ -48,6 +53,7 @@ SPEC_FILE = "spec.yaml"
 CHECKPOINT_FILE = "model.safetensors"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 _INFO: weakref.WeakKeyDictionary[nn.Module, BuildInfo] = weakref.WeakKeyDictionary()
 
@@ -192,6 +198,7 @@ def _write_folder(module: nn.Module, info: BuildInfo, out: Path, dtype: torch.dt
         )
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
+        (tmp / REPORT_HTML).write_text(render_html(rep), encoding="utf-8")
     return rep
 
 
@@ -329,3 +336,79 @@ def _allocate(resolved: Resolved, device: torch.device, dtype: torch.dtype | Non
             _INFO[module] = info
             return module
     return _build(resolved, device, dtype)
+
+
+# ------------------------------------------------------------------ reports, diffs, gradients
+@dataclass(frozen=True)
+class Target:
+    """A thing a command can inspect: a spec, a build folder, or a report.json.
+
+    ``module`` is None for a report.json; ``weights`` loads a tensor by canonical name
+    when real values are at hand (a build folder).
+    """
+
+    report: Report
+    module: nn.Module | None
+    weights: Callable[[str], torch.Tensor] | None
+
+
+def open_target(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Target:
+    """Open ``path``: a spec (built on ``device``; ``meta`` for structure only), a build
+    folder (loaded and verified), or a ``report.json`` (read as is)."""
+    p = Path(path)
+    if p.is_dir():
+        module = load(p)
+        ckpt = p / CHECKPOINT_FILE
+
+        def weights(name: str) -> torch.Tensor:
+            with safetensors.safe_open(str(ckpt), framework="pt") as f:
+                return f.get_tensor(name)
+
+        return Target(report(module), module, weights)
+    if p.suffix == ".json":
+        try:
+            return Target(Report.model_validate_json(p.read_bytes()), None, None)
+        except OSError as e:
+            raise BuildDirError(f"cannot read {p}: {e.strerror}") from e
+        except pydantic.ValidationError as e:
+            raise BuildDirError(f"{p} is not a modelspec report.json: {e.errors()[0]['msg']}") from e
+    module = _build(compile_spec(p), device, None)
+    return Target(report(module), module, None)
+
+
+def diff(a: str | os.PathLike[str] | Report, b: str | os.PathLike[str] | Report, *,
+         structure_only: bool = False) -> Diff:  # fmt: skip
+    """Compare two models: reports, build folders or specs (specs are built on ``meta``).
+
+    When both sides are build folders, value changes carry the relative L2 change and
+    the max abs change per tensor.
+    """
+    ta = a if isinstance(a, Report) else open_target(a, device="meta" if _is_spec(a) else "cpu")
+    tb = b if isinstance(b, Report) else open_target(b, device="meta" if _is_spec(b) else "cpu")
+    ra = ta if isinstance(ta, Report) else ta.report
+    rb = tb if isinstance(tb, Report) else tb.report
+    wa = None if isinstance(ta, Report) else ta.weights
+    wb = None if isinstance(tb, Report) else tb.weights
+    return diff_reports(ra, rb, structure_only=structure_only, weights_a=wa, weights_b=wb)
+
+
+def _is_spec(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return not p.is_dir() and p.suffix != ".json"
+
+
+def grads(module: nn.Module, x: torch.Tensor | None = None, *, batch: int | None = None, loss: Loss = "sum",
+          seed: int = 0) -> GradReport:  # fmt: skip
+    """One forward/backward pass; gradient norms and each shared block's per-use contributions.
+
+    Args:
+        x: the input; by default a random batch shaped like the spec's ``input``
+            (``batch`` replaces its first dimension), seeded by ``seed``.
+        loss: ``"sum"`` of the outputs, or ``"mse"`` against zeros.
+    """
+    info = _INFO.get(module)
+    if x is None:
+        if info is None or info.spec.input is None:
+            raise BuildDirError("no input given and the module's spec has no 'input'")
+        x = example_batch(info.spec.input, batch, seed)
+    return gradients(module, x, loss=loss, seed=seed, info=info)

@@ -14,10 +14,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import safetensors
+import safetensors.torch
+import torch
+
 from . import api
 from ._version import __version__
+from .diff import KINDS, render_diff_json, render_diff_md, render_diff_text
 from .errors import Diagnostic, ModelspecError, SpecError
-from .report import render_md
+from .grads import render_grads_text
+from .graph import to_dot, to_mermaid, to_svg
+from .html import render_html
+from .report import render_csv, render_json, render_md, render_text
 from .schema import SCHEMA_FILES, render_schemas, write_schemas
 
 __all__ = ["main"]
@@ -33,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description="Turn validated YAML specs into PyTorch models with explicit weight tying.",
         epilog="examples:\n  modelspec build specs/d2l/shared.yaml -o build/shared\n"
-        "  modelspec validate specs/d2l/nest_mlp.yaml\n  modelspec schema -o schemas\n\n"
+        "  modelspec validate specs/d2l/nest_mlp.yaml\n"
+        "  modelspec report specs/d2l/shared_mlp.yaml --depth 1\n"
+        "  modelspec diff build/v1 build/v2\n"
+        "  modelspec grads specs/d2l/shared.yaml\n"
+        "  modelspec graph specs/d2l/shared_mlp.yaml --format dot\n"
+        "  modelspec schema -o schemas\n\n"
         "exit codes: 0 ok, 1 differences found, 2 bad input",
     )
     p.add_argument("--version", action="version", version=f"modelspec {__version__}")
@@ -80,7 +93,102 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", metavar="DIR", help=f"write {' and '.join(SCHEMA_FILES)} to DIR")
     g.add_argument("--check", metavar="DIR", help="exit 1 if DIR's schemas differ from the code's")
     s.set_defaults(func=_cmd_schema)
+
+    r = sub.add_parser(
+        "report",
+        formatter_class=fmt,
+        help="print the parameter inventory (no build folder)",
+        description="The inventory of a spec, a build folder or a report.json: every unique tensor "
+        "with its aliases,\nshape, dtype, statistics and checksum; ties, blocks and totals.",
+        epilog="examples:\n  modelspec report specs/d2l/shared.yaml\n"
+        "  modelspec report build/d2l-shared --depth 1\n"
+        "  modelspec report big.yaml --device meta --format json\n"
+        "  modelspec report specs/d2l/shared_mlp.yaml --format html -o report.html\n"
+        "  modelspec report specs/d2l/shared.yaml --histograms plots/ --by block",
+    )
+    r.add_argument("target", metavar="SPEC|BUILD_DIR|REPORT_JSON")
+    r.add_argument("--format", choices=("text", "md", "json", "csv", "html"), default="text")
+    r.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
+    r.add_argument("--depth", type=_natural, metavar="N", help="fold the table at module depth N (text, md)")
+    r.add_argument("--device", default="cpu", help="device for building a spec; 'meta' gives structure only")
+    r.add_argument("--histograms", metavar="DIR", help="also save value histograms as PNG (needs matplotlib)")
+    r.add_argument("--by", choices=("tensor", "block"), default="tensor", help="one histogram per tensor or block")
+    r.set_defaults(func=_cmd_report)
+
+    d = sub.add_parser(
+        "diff",
+        formatter_class=fmt,
+        help="compare two models; exit 1 if they differ",
+        description="Compare A (before) with B (after): each a report.json, a build folder or a spec\n"
+        "(specs are built on the meta device: structure only). Exit 0 equal, 1 different, "
+        "2 bad input.",
+        epilog="examples:\n  modelspec diff build/v1 build/v2\n"
+        "  modelspec diff old.yaml new.yaml --format md\n"
+        "  modelspec diff a/report.json b/report.json --fail-on added,removed,shape,tie",
+    )
+    d.add_argument("a", metavar="A")
+    d.add_argument("b", metavar="B")
+    d.add_argument("--format", choices=FORMATS, default="text")
+    d.add_argument("--structure-only", action="store_true", help="ignore values (checksums)")
+    d.add_argument(
+        "--fail-on",
+        type=_kinds,
+        default=KINDS,
+        metavar="KINDS",
+        help=f"comma-separated kinds that make the exit code 1 (default: all of {','.join(KINDS)})",
+    )
+    d.set_defaults(func=_cmd_diff)
+
+    gr = sub.add_parser(
+        "grads",
+        formatter_class=fmt,
+        help="one backward pass: gradient norms, per-use contributions",
+        description="Run one forward and backward pass on a batch shaped like the spec's input and\n"
+        "report gradient norms; for every shared block, the gradient each use contributes\n"
+        "and that their sum equals .grad.",
+        epilog="examples:\n  modelspec grads specs/d2l/shared.yaml\n"
+        "  modelspec grads build/d2l-shared --batch 32 --loss mse --format json\n"
+        "  modelspec grads spec.yaml --input batch.safetensors",
+    )
+    gr.add_argument("target", metavar="SPEC|BUILD_DIR")
+    gr.add_argument("--batch", type=_natural, metavar="N", help="batch size (replaces the input's first dimension)")
+    gr.add_argument("--loss", choices=("sum", "mse"), default="sum", help="sum of outputs, or MSE against zeros")
+    gr.add_argument("--seed", type=int, default=0, help="seeds the random batch and dropout (default 0)")
+    gr.add_argument("--input", metavar="FILE", help="a .safetensors file holding the input tensor")
+    gr.add_argument("--format", choices=FORMATS, default="text")
+    gr.set_defaults(func=_cmd_grads)
+
+    gp = sub.add_parser(
+        "graph",
+        formatter_class=fmt,
+        help="draw the architecture (shared blocks drawn once)",
+        description="The module tree as a diagram: a shared block is drawn once with an edge from\n"
+        "every place that uses it; tied parameters are marked.",
+        epilog="examples:\n  modelspec graph specs/d2l/shared_mlp.yaml\n"
+        "  modelspec graph specs/d2l/shared.yaml --format dot | dot -Tpng > net.png\n"
+        "  modelspec graph build/d2l-shared --format svg -o net.svg --depth 2",
+    )
+    gp.add_argument("target", metavar="SPEC|BUILD_DIR|REPORT_JSON")
+    gp.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    gp.add_argument("--depth", type=_natural, metavar="N", help="fold modules deeper than N")
+    gp.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
+    gp.set_defaults(func=_cmd_graph)
     return p
+
+
+def _natural(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    return kinds
 
 
 def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
@@ -148,6 +256,81 @@ def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _emit(text: str, path: str | None, out: TextIO, err: TextIO) -> None:
+    """Print ``text`` to stdout, or write it to ``path`` atomically."""
+    if path is None:
+        out.write(text)
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    print(f"wrote {target}", file=err)
+
+
+def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    target = api.open_target(args.target, device=args.device)
+    rep = target.report
+    if args.histograms:
+        if target.module is None or rep.device == "meta":
+            raise ModelspecError("histograms need values: give a spec or a build folder, not a report or meta")
+        from .plots import save_histograms
+
+        files = save_histograms(target.module, rep, Path(args.histograms), by=args.by)
+        print(f"wrote {len(files)} histogram(s) to {args.histograms}", file=err)
+    renderers: dict[str, Callable[[], str]] = {
+        "text": lambda: render_text(rep, depth=args.depth),
+        "md": lambda: render_md(rep, depth=args.depth),
+        "json": lambda: render_json(rep),
+        "csv": lambda: render_csv(rep),
+        "html": lambda: render_html(rep),
+    }
+    _emit(renderers[args.format](), args.out, out, err)
+    return EXIT_OK
+
+
+def _cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    result = api.diff(args.a, args.b, structure_only=args.structure_only)
+    render = {"text": render_diff_text, "md": render_diff_md, "json": render_diff_json}[args.format]
+    out.write(render(result))
+    return EXIT_OK if result.is_empty(args.fail_on) else EXIT_DIFF
+
+
+def _cmd_grads(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    target = api.open_target(args.target)
+    if target.module is None:
+        raise ModelspecError("grads needs a model: give a spec or a build folder")
+    x = _read_input(Path(args.input)) if args.input else None
+    result = api.grads(target.module, x, batch=args.batch, loss=args.loss, seed=args.seed)
+    if args.format == "json":
+        out.write(result.model_dump_json(indent=2) + "\n")
+    elif args.format == "md":
+        out.write("```text\n" + render_grads_text(result) + "```\n")
+    else:
+        out.write(render_grads_text(result))
+    return EXIT_OK
+
+
+def _read_input(path: Path) -> torch.Tensor:
+    """The single tensor in a .safetensors file (named 'input' if there are several)."""
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+    except (OSError, safetensors.SafetensorError) as e:
+        raise ModelspecError(f"cannot read input tensor from {path}: {e}") from e
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    if "input" in tensors:
+        return tensors["input"]
+    raise ModelspecError(f"{path} holds {len(tensors)} tensors; name the input tensor 'input'")
+
+
+def _cmd_graph(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    rep = api.open_target(args.target, device="meta").report
+    render = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}[args.format]
+    _emit(render(rep, depth=args.depth), args.out, out, err)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Run the CLI; return the exit code. Streams are injectable for tests."""
     out = stdout or sys.stdout
@@ -166,7 +349,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         n = len(e.diagnostics)
         print(f"modelspec: {n} error{'s' if n != 1 else ''}; nothing was written", file=err)
         return EXIT_BAD_INPUT
-    except (ModelspecError, ValueError) as e:
+    except (ModelspecError, ValueError, OSError) as e:
         print(f"modelspec: error: {e}", file=err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

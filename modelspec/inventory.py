@@ -147,11 +147,13 @@ def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor
     return list(by_id.values())
 
 
-def inventory(module: nn.Module, info: BuildInfo | None = None, *, threads: int = 2) -> Report:
+def inventory(module: nn.Module, info: BuildInfo | None = None, *, values: bool = True, threads: int = 2) -> Report:
     """Inventory every unique parameter and buffer of ``module``.
 
     Checksums are computed in worker threads while statistics run on the caller's
-    thread (hashlib releases the GIL), so hashing dominates the time.
+    thread (hashlib releases the GIL), so hashing dominates the time. With
+    ``values=False`` (and always on ``meta``) only structure is reported: no
+    statistics, no checksums.
     """
     params = _group(list(module.named_parameters(remove_duplicate=False)))
     buffers = _group(list(module.named_buffers(remove_duplicate=False)))
@@ -161,7 +163,7 @@ def inventory(module: nn.Module, info: BuildInfo | None = None, *, threads: int 
         for b in getattr(m, "_non_persistent_buffers_set", ())
     }
     everything = [(t, names, "parameter") for t, names in params] + [(t, names, "buffer") for t, names in buffers]
-    on_meta = any(t.is_meta for t, _, _ in everything)
+    on_meta = not values or any(t.is_meta for t, _, _ in everything)
     hashes: list[str | None]
     stats: list[TensorStats | None]
     if on_meta:
@@ -285,7 +287,7 @@ def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSum
 
 
 def _children(module: nn.Module, entries: list[TensorEntry]) -> list[ChildSummary]:
-    tops = list(module.named_children())
+    tops = [(k, m) for k, m in module._modules.items() if m is not None]  # a shared child under each name
     reach: dict[str, list[TensorEntry]] = {name: [] for name, _ in tops}
     for e in entries:
         for name in {a.split(".", 1)[0] for a in e.aliases if "." in a}:

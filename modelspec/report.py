@@ -7,11 +7,25 @@ digits, rows in inventory order).
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from .inventory import Report, TensorEntry
 
-__all__ = ["fmt_float", "human_bytes", "human_count", "render_json", "render_md"]
+__all__ = [
+    "Fold",
+    "fmt_float",
+    "fold",
+    "human_bytes",
+    "human_count",
+    "render_csv",
+    "render_json",
+    "render_md",
+    "render_text",
+    "text_table",
+]
 
 
 def render_json(report: Report) -> str:
@@ -50,8 +64,11 @@ def _names(e: TensorEntry) -> str:
     return "<br>".join(f"`{a}`" for a in e.aliases)
 
 
-def render_md(report: Report) -> str:
-    """``report.md``: totals, every unique tensor, tie groups and blocks as tables."""
+def render_md(report: Report, depth: int | None = None) -> str:
+    """``report.md``: totals, the architecture (Mermaid, renders on GitHub), every unique
+    tensor (or, with ``depth``, subtotals per module at that depth), tie groups, blocks."""
+    from .graph import to_mermaid  # graph draws with this module's number formats
+
     t = report.totals
     title = report.name or "model"
     lines = [f"# Parameter report: {title}", ""]
@@ -71,8 +88,19 @@ def render_md(report: Report) -> str:
             ["unique tensors", f"{t.unique_tensors:,}"],
             ["parameter bytes", f"{t.param_bytes:,} ({human_bytes(t.param_bytes)})"],
             ["buffer elements / bytes", f"{t.buffer_numel:,} / {t.buffer_bytes:,}"],
+            ["training memory, Adam", f"{human_bytes(t.training_bytes_adam)} (weights + grads + 2 moments)"],
         ],
     )
+    lines += ["", "## Architecture", "", "Shared blocks are drawn once, with an edge from every use.", ""]
+    lines += ["```mermaid", to_mermaid(report, depth=depth).rstrip("\n"), "```"]
+    if depth is not None:
+        lines += ["", f"## Modules at depth {depth}", ""]
+        lines += _md_table(
+            ["module", "type", "tensors", "parameters", "shared", "buffers"],
+            [[f"`{f.name or '(root)'}`" + "".join(f"<br>`{a}`" for a in f.also), f.type, str(f.tensors),
+              f"{f.params:,}", f"{f.shared:,}", f"{f.buffers:,}"] for f in fold(report, depth)],
+        )  # fmt: skip
+        return "\n".join([*lines, *_md_tail(report)]) + "\n"
     lines += ["", "## Tensors", ""]
     rows = []
     for e in report.tensors:
@@ -96,6 +124,13 @@ def render_md(report: Report) -> str:
     lines += _md_table(
         ["names", "kind", "block", "shape", "dtype", "numel", "grad", "mean", "std", "min", "max", "sha256"], rows
     )
+    lines += _md_tail(report)
+    return "\n".join(lines) + "\n"
+
+
+def _md_tail(report: Report) -> list[str]:
+    """Tie groups, top-level children and blocks."""
+    lines: list[str] = []
     lines += ["", "## Tie groups", ""]
     if report.tie_groups:
         lines += _md_table(
@@ -113,6 +148,12 @@ def render_md(report: Report) -> str:
         )
     else:
         lines.append("No tensor is shared.")
+    if report.children:
+        lines += ["", "## Top-level children", ""]
+        lines += _md_table(
+            ["child", "type", "parameters", "shared with other children"],
+            [[f"`{c.name}`", c.type, f"{c.params:,}", f"{c.shared_params:,}"] for c in report.children],
+        )
     if report.blocks:
         lines += ["", "## Blocks", ""]
         lines += _md_table(
@@ -122,4 +163,147 @@ def render_md(report: Report) -> str:
                 for b in report.blocks
             ],
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+# ------------------------------------------------------------------ depth folding
+@dataclass(frozen=True)
+class Fold:
+    """The tensors under one module at a given depth, counted once each."""
+
+    name: str  # module path ('' for the root's own tensors)
+    type: str
+    tensors: int
+    params: int  # parameter elements whose canonical name lies in this fold
+    buffers: int
+    shared: int  # of ``params``, elements also reachable from outside this fold
+    also: tuple[str, ...] = ()  # other names of this module when it is shared
+
+
+def _prefix(name: str, depth: int) -> str:
+    parts = name.split(".")[:-1]  # drop the tensor's own name
+    return ".".join(parts[:depth])
+
+
+def fold(report: Report, depth: int) -> list[Fold]:
+    """Group tensors by their module at ``depth`` (0: the whole model), in report order."""
+    types = {alias: m.type for m in report.modules for alias in m.aliases}
+    aliases = {alias: m.aliases for m in report.modules for alias in m.aliases}
+    groups: dict[str, list[TensorEntry]] = {}
+    for e in report.tensors:
+        groups.setdefault(_prefix(e.name, depth), []).append(e)
+    out = []
+    for prefix, entries in groups.items():
+        params = [e for e in entries if e.kind == "parameter"]
+        shared = [e for e in params if any(_prefix(a, depth) != prefix for a in e.aliases)]
+        out.append(Fold(
+            name=prefix, type=types.get(prefix, ""), tensors=len(entries), params=sum(e.numel for e in params),
+            buffers=sum(e.numel for e in entries if e.kind == "buffer"), shared=sum(e.numel for e in shared),
+            also=tuple(a for a in aliases.get(prefix, [prefix]) if a != prefix),
+        ))  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------ plain text
+def _clip(text: str, width: int) -> str:
+    """Shorten ``text`` to ``width`` by eliding its middle (names differ at both ends)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], max_width: dict[int, int]) -> str:
+    """An aligned table; columns in ``right`` are right-aligned, others clipped to ``max_width``."""
+    rows = [[_clip(c, max_width.get(i, 10_000)) for i, c in enumerate(r)] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _totals_lines(report: Report) -> list[str]:
+    t = report.totals
+    pairs = [
+        ("unique parameters", f"{t.unique_params:,}"),
+        ("naive count (every name)", f"{t.naive_params:,}"),
+        ("saved by sharing", f"{t.saved_by_sharing:,}"),
+        ("trainable / frozen", f"{t.trainable_params:,} / {t.frozen_params:,}"),
+        ("weights", human_bytes(t.param_bytes)),
+        ("buffers", f"{t.buffer_numel:,} elements, {human_bytes(t.buffer_bytes)}"),
+        (
+            "training memory, Adam",
+            f"{human_bytes(t.training_bytes_adam)} (weights + grads + 2 moments; no activations)",
+        ),
+    ]
+    return [f"  {k:<26}{v}" for k, v in pairs]
+
+
+def render_text(report: Report, depth: int | None = None) -> str:
+    """An aligned table for a terminal (fits 100 columns), then ties, blocks and totals."""
+    t = report.totals
+    head = f"{report.name or 'model'}: {t.unique_params:,} parameters in {t.unique_tensors} tensors"
+    head += f" (naive count {t.naive_params:,}; sharing saves {t.saved_by_sharing:,})"
+    out = [head, ""]
+    if depth is None:
+        rows = []
+        for e in report.tensors:
+            s = e.stats
+            extra = f" (+{len(e.aliases) - 1})" if len(e.aliases) > 1 else ""
+            rows.append([
+                _clip(e.name, 36 - len(extra)) + extra, "×".join(map(str, e.shape)) or "scalar", e.dtype,
+                f"{e.numel:,}", ("yes" if e.requires_grad else "no") if e.kind == "parameter" else "buf",
+                fmt_float(s.mean if s else None), fmt_float(s.std if s else None), e.block or "",
+            ])  # fmt: skip
+        out.append(text_table(["tensor", "shape", "dtype", "numel", "grad", "mean", "std", "block"], rows,
+                              right={3, 5, 6}, max_width={0: 36, 1: 16, 7: 12}))  # fmt: skip
+    else:
+        rows = []
+        for f in fold(report, depth):
+            label = (f.name or "(root)") + (f" (={', '.join(f.also)})" if f.also else "")
+            rows.append([label, f.type, str(f.tensors), f"{f.params:,}", f"{f.shared:,}", f"{f.buffers:,}"])
+        out.append(text_table(["module", "type", "tensors", "params", "shared", "buffers"], rows,
+                              right={2, 3, 4, 5}, max_width={0: 48, 1: 20}))  # fmt: skip
+    if report.children:
+        out += ["", "top-level children (a shared tensor counts in each child that reaches it):"]
+        for c in report.children:
+            shared = f", {c.shared_params:,} shared with other children" if c.shared_params else ""
+            out.append(_clip(f"  {c.name:<12} {c.type:<14} {c.params:>14,} parameters{shared}", 100))
+    if report.tie_groups:
+        out += ["", "tie groups (stored once):"]
+        for g in report.tie_groups:
+            label = f"block '{g.block}'" if g.block else g.kind
+            out.append(
+                _clip(f"  {label} at {', '.join(g.sites)}: {g.numel:,} elements in {len(g.tensors)} tensors", 100)
+            )
+    if report.blocks:
+        out += ["", "blocks:"]
+        for b in report.blocks:
+            used = ", ".join(b.sites) or "unused"
+            out.append(_clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
+    out += ["", "totals:", *_totals_lines(report)]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ csv
+CSV_COLUMNS = ["name", "aliases", "kind", "block", "shape", "dtype", "numel", "bytes", "requires_grad",
+               "persistent", "mean", "std", "min", "max", "l2", "nonfinite", "sha256"]  # fmt: skip
+
+
+def render_csv(report: Report) -> str:
+    """One row per unique tensor; aliases separated by spaces, shape as ``8x4``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for e in report.tensors:
+        s = e.stats
+        stats = [s.mean, s.std, s.min, s.max, s.l2, s.nonfinite] if s else [None] * 6
+        writer.writerow([
+            e.name, " ".join(e.aliases), e.kind, e.block or "", "x".join(map(str, e.shape)), e.dtype, e.numel,
+            e.bytes, e.requires_grad, e.persistent, *("" if v is None else repr(v) for v in stats), e.sha256 or "",
+        ])  # fmt: skip
+    return buf.getvalue()

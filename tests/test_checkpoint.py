@@ -26,7 +26,7 @@ def _assert_bitwise_equal(a: nn.Module, b: nn.Module) -> None:
 def test_build_folder_contents(tmp_path: Path) -> None:
     out = tmp_path / "shared"
     modelspec.write_build(D2L / "shared.yaml", out)
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "report.json", "report.md", "spec.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "report.html", "report.json", "report.md", "spec.yaml"]
     with safetensors.safe_open(str(out / "model.safetensors"), framework="pt") as f:
         keys = sorted(f.keys())
         meta = f.metadata()

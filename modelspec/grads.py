@@ -1,0 +1,268 @@
+"""Gradients of tied parameters, made visible: what each use contributes, and their sum.
+
+A shared block used at two places receives, on backward, the sum of the gradients of
+both uses. To show the parts, each use site is wrapped for one pass in a recorder
+that keeps the site's output; after ``loss.backward(retain_graph=True)`` the
+contribution of one call is the vector-Jacobian product of that output with the
+gradient that reached it, taken w.r.t. the shared tensors. The contributions of all
+calls must add up to ``.grad``; the report says by how much they do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .build import DTYPES, BuildInfo
+from .inventory import inventory
+
+__all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
+
+Loss = Literal["sum", "mse"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TensorGrad(_Frozen):
+    name: str
+    aliases: list[str]
+    numel: int
+    grad_norm: float | None = Field(description="L2 norm of .grad; None when no gradient reached it")
+
+
+class SiteGrad(_Frozen):
+    """What one call at one use site contributed to each tied tensor's gradient."""
+
+    site: str
+    call: int = Field(description="1 for the first call through this site, 2 for the next, ...")
+    norms: dict[str, float] = Field(description="tensor -> L2 norm of this call's contribution")
+
+
+class GroupGrads(_Frozen):
+    """A tie group: its per-use contributions, their sum, and ``.grad``."""
+
+    kind: Literal["module", "parameter"]
+    block: str | None
+    tensors: list[str]
+    sites: list[SiteGrad]
+    grad_norms: dict[str, float] = Field(description="tensor -> L2 norm of .grad")
+    sum_norms: dict[str, float] = Field(description="tensor -> L2 norm of the sum of contributions")
+    rel_error: dict[str, float] = Field(description="tensor -> ||sum of contributions - .grad|| / ||.grad||")
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(self.rel_error.values(), default=0.0)
+
+
+class GradReport(_Frozen):
+    loss: Loss
+    loss_value: float
+    input_shape: list[int]
+    seed: int
+    tensors: list[TensorGrad]
+    groups: list[GroupGrads]
+
+
+Holder = tuple[nn.Module, str, str]  # (module holding a parameter, attribute name, canonical name)
+
+
+class _Recorder(nn.Module):
+    """Stands in for the module at one use site during one pass.
+
+    On each call it swaps every tied parameter inside the site for a fresh view of it,
+    runs the real module, and swaps back. Autograd then routes this call's share of
+    the gradient through the view, where a hook keeps it: the call's contribution,
+    with no recomputation. Nested sites work because the inner view is taken of
+    whatever the outer call put in place.
+    """
+
+    def __init__(self, inner: nn.Module, site: str, holders: list[Holder], calls: list[dict[str, Any]]) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", inner)  # not registered: the module tree stays as it was
+        self.site, self.holders, self.calls = site, holders, calls
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        call: dict[str, Any] = {
+            "site": self.site,
+            "n": 1 + sum(c["site"] == self.site for c in self.calls),
+            "grads": {},
+        }
+        self.calls.append(call)
+        views: dict[str, torch.Tensor] = {}
+        saved = []
+        for holder, attr, canonical in self.holders:
+            current = holder._parameters[attr]
+            if current is None or not current.requires_grad:
+                continue
+            if canonical not in views:
+                views[canonical] = current.view_as(current)
+                views[canonical].register_hook(lambda g, c=canonical: call["grads"].__setitem__(c, g))
+            saved.append((holder, attr, current))
+            holder._parameters[attr] = views[canonical]  # type: ignore[assignment]
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            for holder, attr, current in reversed(saved):
+                holder._parameters[attr] = current
+
+
+@contextlib.contextmanager
+def _recording(module: nn.Module, groups: list[Any], calls: list[dict[str, Any]]) -> Iterator[None]:
+    """Install a recorder at every use site of every tie group; remove them afterwards."""
+    modules = dict(module.named_modules(remove_duplicate=False))
+    canonical = {id(p): n for n, p in module.named_parameters()}
+    installs: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for group in groups:
+            done: set[tuple[int, str]] = set()
+            for site in _group_sites(group):
+                parent_name, _, key = site.rpartition(".")
+                parent = modules[parent_name]
+                if not site or (id(parent), key) in done:  # one slot can have several names
+                    continue
+                done.add((id(parent), key))
+                target = modules[site]
+                holders = [
+                    (m, attr, canonical[id(p)])
+                    for m in target.modules()
+                    for attr, p in m._parameters.items()
+                    if p is not None and canonical.get(id(p)) in group.tensors
+                ]
+                original = parent._modules[key]
+                assert original is not None
+                parent._modules[key] = _Recorder(original, _site_label(parent, key, modules), holders, calls)
+                installs.append((parent, key, original))
+        yield
+    finally:
+        for parent, key, original in reversed(installs):
+            parent._modules[key] = original
+
+
+def _site_label(parent: nn.Module, key: str, modules: dict[str, nn.Module]) -> str:
+    names = [n for n, m in modules.items() if m is parent]
+    return " = ".join(f"{n}.{key}" if n else key for n in names)
+
+
+def example_batch(spec_input: Any, batch: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A random batch shaped like the spec's example input (integers are zeros)."""
+    shape = list(spec_input.shape)
+    if batch is not None:
+        shape[0] = batch
+    dtype = DTYPES[spec_input.dtype]
+    if not dtype.is_floating_point:
+        return torch.zeros(shape, dtype=dtype)
+    return torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
+def _forward(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    if isinstance(module, nn.ModuleDict):
+        return [m(x) for m in module.values()]
+    return [module(x)]
+
+
+def _norm(t: torch.Tensor | None) -> float:
+    return 0.0 if t is None else float(torch.linalg.vector_norm(t.detach().double()))
+
+
+def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: int = 0,
+              info: BuildInfo | None = None) -> GradReport:  # fmt: skip
+    """One forward and backward pass on ``x``; per-tensor gradient norms and, for every
+    tie group, each use's contribution and how closely their sum matches ``.grad``.
+
+    Existing ``.grad`` values are cleared first; the new ones are left in place.
+    """
+    structure = inventory(module, info, values=False)
+    params = dict(module.named_parameters())
+    calls: list[dict[str, Any]] = []
+    module.zero_grad(set_to_none=True)
+    with torch.random.fork_rng(devices=[]), _recording(module, structure.tie_groups, calls):
+        torch.manual_seed(seed)
+        outs = _forward(module, x)
+        total = sum(o.sum() if loss == "sum" else F.mse_loss(o, torch.zeros_like(o)) for o in outs)
+        assert isinstance(total, torch.Tensor)
+        total.backward()
+    # A tensor inside nested shared blocks belongs to several groups; it is checked in
+    # the one with the most use sites (the innermost), whose uses account for all of it.
+    home: dict[str, int] = {}
+    for i, g in enumerate(structure.tie_groups):
+        for n in g.tensors:
+            if n not in home or len(g.sites) > len(structure.tie_groups[home[n]].sites):
+                home[n] = i
+    groups = [
+        _group_grads(g, [n for n in g.tensors if home[n] == i], calls, params)
+        for i, g in enumerate(structure.tie_groups)
+        if any(home[n] == i for n in g.tensors)
+    ]
+    tensors = [
+        TensorGrad(name=e.name, aliases=e.aliases, numel=e.numel,
+                   grad_norm=_norm(params[e.name].grad) if params[e.name].grad is not None else None)
+        for e in structure.tensors if e.kind == "parameter"
+    ]  # fmt: skip
+    return GradReport(
+        loss=loss,
+        loss_value=float(total.detach()),
+        input_shape=list(x.shape),
+        seed=seed,
+        tensors=tensors,
+        groups=groups,
+    )
+
+
+def _group_sites(group: Any) -> list[str]:
+    if group.kind == "module":
+        return list(group.sites)
+    return [alias.rpartition(".")[0] for alias in group.sites]  # the modules holding the parameter
+
+
+def _group_grads(
+    group: Any, tensors: list[str], calls: list[dict[str, Any]], params: dict[str, nn.Parameter]
+) -> GroupGrads:
+    names = [n for n in tensors if n in params]
+    sites = [c for c in calls if set(c["site"].split(" = ")) & set(_group_sites(group))]
+    sums = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    for c in sites:
+        for n in names:
+            if n in c["grads"]:
+                sums[n] += c["grads"][n].double()
+    rel = {}
+    for n in names:
+        grad = params[n].grad
+        grad64 = grad.double() if grad is not None else torch.zeros_like(sums[n])
+        denom, err = _norm(grad64), _norm(sums[n] - grad64)
+        rel[n] = err / denom if denom > 0 else (0.0 if err == 0 else math.inf)
+    return GroupGrads(
+        kind=group.kind, block=group.block, tensors=names,
+        sites=[SiteGrad(site=c["site"], call=c["n"], norms={n: _norm(c["grads"].get(n)) for n in names})
+               for c in sites],
+        grad_norms={n: _norm(params[n].grad) for n in names},
+        sum_norms={n: _norm(sums[n]) for n in names}, rel_error=rel,
+    )  # fmt: skip
+
+
+def render_grads_text(r: GradReport) -> str:
+    """Gradient norms per tensor, then each tie group's per-use contributions and their sum."""
+    from .report import text_table
+
+    out = [f"loss '{r.loss}' = {r.loss_value:.6g} on input {list(r.input_shape)} (seed {r.seed})", ""]
+    rows = [[t.name + (f" (+{len(t.aliases) - 1})" if len(t.aliases) > 1 else ""), f"{t.numel:,}",
+             "—" if t.grad_norm is None else f"{t.grad_norm:.6g}"] for t in r.tensors]  # fmt: skip
+    out.append(text_table(["tensor", "numel", "|grad|"], rows, right={1, 2}, max_width={0: 60}))
+    for g in r.groups:
+        out += ["", f"tie group {('block ' + repr(g.block)) if g.block else g.kind}: per-use contributions"]
+        for n in g.tensors:
+            out.append(f"  {n}")
+            for s in g.sites:
+                call = f" (call {s.call})" if s.call > 1 else ""
+                out.append(f"    from {s.site}{call}: |contribution| {s.norms[n]:.6g}")
+            out.append(f"    sum of contributions  {g.sum_norms[n]:.6g}")
+            out.append(f"    .grad                 {g.grad_norms[n]:.6g}   (relative difference {g.rel_error[n]:.2g})")
+    return "\n".join(out) + "\n"
