@@ -7,7 +7,7 @@ True
 """
 
 from ._version import __version__
-from .api import build, build_info, compile_spec, load, report, save, validate, write_build
+from .api import build, build_info, compile_spec, diff, grads, load, report, save, validate, write_build
 from .build import BuildInfo
 from .errors import (
     BuildDirError,
@@ -34,6 +34,8 @@ __all__ = [
     "build",
     "build_info",
     "compile_spec",
+    "diff",
+    "grads",
     "load",
     "report",
     "save",

@@ -61,6 +61,10 @@ def save_checkpoint(
         "dtype": dtype,
         "ties": json.dumps(ties, sort_keys=True),
         "sha256": json.dumps(digests, sort_keys=True),
+        # requires_grad is not part of a tensor's bytes; keep it so a frozen layer stays frozen
+        "frozen": json.dumps(
+            sorted(n for n, t in tensors.items() if isinstance(t, nn.Parameter) and not t.requires_grad)
+        ),
     }
     write_safetensors(path, data, metadata)
     return metadata
@@ -139,9 +143,12 @@ def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
             problems.append(f"{name}: checksum mismatch (the file is damaged)")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
+    frozen = set(json.loads(meta.get("frozen", "[]")))
     with torch.no_grad():
         for name, src in data.items():
             targets[name].copy_(src)
+            if isinstance(targets[name], nn.Parameter):
+                targets[name].requires_grad_(name not in frozen)
     return meta
 
 

@@ -334,20 +334,15 @@ def _layout(g: _Graph) -> tuple[dict[str, tuple[float, float, float, float]], fl
     up: dict[str, str | None] = {}
     key: dict[str, tuple[int, int]] = {}
     pos = {i: k for k, i in enumerate(order)}
+
+    def chain(q: str | None) -> list[str]:  # q and its layout ancestors, nearest first
+        return [] if q is None else [q, *chain(up[q])]
+
     for i in sorted(order, key=lambda i: (layer[i], pos[i])):
-        ps = [p for p in dict.fromkeys(parents[i]) if p in up]
-        chains = []
-        for p in ps:
-            chain: list[str] = []
-            q: str | None = p
-            while q is not None:
-                chain.append(q)
-                q = up[q]
-            chains.append(chain)
-        common = [q for q in chains[0] if all(q in c for c in chains[1:])] if chains else []
-        up[i] = common[0] if common else None
-        branch = chains[0][chains[0].index(common[0]) - 1] if common and chains[0][0] != common[0] else None
-        key[i] = (pos[branch], 1) if branch is not None else (pos[i], 0)
+        chains = [chain(p) for p in dict.fromkeys(parents[i]) if p in up] or [[]]
+        up[i] = next((q for q in chains[0] if all(q in c for c in chains[1:])), None)
+        first = chains[0].index(up[i]) if up[i] is not None else 0
+        key[i] = (pos[chains[0][first - 1]], 1) if first > 0 else (pos[i], 0)
     kids: dict[str, list[str]] = {i: [] for i in order}
     roots = []
     for i in sorted(order, key=lambda i: key[i]):
@@ -444,11 +439,11 @@ def to_svg(report: Report, depth: int | None = None) -> str:
     for n in g.nodes:
         x, y, nw, nh = boxes[n.id]
         lines = _lines(n, g.title)
-        tip = "\n".join(["(root)" if a == "" else a for a in n.aliases] + [f"block: {n.block}"] * bool(n.block))
+        tip = ["(root)" if a == "" else _printable(a) for a in n.aliases] + [f"block: {n.block}"] * bool(n.block)
         out.append(
             f'<g class="ms-node ms-{n.style}" id="ms-{n.id}" data-name="{esc(_printable(n.name))}" '
             f'data-aliases="{_attr_lines(n.aliases)}">'
-            f"<title>{esc(_printable(tip))}</title>"
+            f"<title>{esc(chr(10).join(tip))}</title>"
             f'<rect x="{_f(x - nw / 2)}" y="{_f(y)}" width="{_f(nw)}" height="{_f(nh)}" rx="6"/>'
         )
         for j, text in enumerate(lines):

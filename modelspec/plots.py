@@ -88,7 +88,7 @@ def _plot(
             ax.stairs((base + counts).numpy(), edges.numpy(), baseline=base.numpy(), fill=True, alpha=0.8, label=label)
             base = base + counts
         if 1 < len(finite) <= _MAX_LEGEND:  # past that a legend hides the plot; the colours still stack
-            ax.legend(fontsize=7, loc="upper right")
+            ax.legend(fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no finite values", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title, fontsize=10)

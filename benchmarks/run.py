@@ -1,0 +1,130 @@
+"""modelspec benchmarks: each target is a ratio to a baseline measured in the same run.
+
+Run: ``make bench`` (or ``python benchmarks/run.py [--repeat N]``). Prints a table;
+exits 1 when a target is missed. Times are the best of N runs (default 3).
+
+Targets
+- report(GPT-2 small) <= 1.5x hashing the same bytes with sha256 in a plain loop;
+  its unique total is 124,439,808 and its naive total 163,037,184.
+- diff of two GPT-2-small reports (one after an optimizer step): absolute time.
+- writing a checkpoint vs safetensors.torch.save_file of the same unique tensors;
+  loading (modelspec.load) vs safetensors.torch.load_file + load_state_dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpt2 import gpt2_small
+
+import modelspec
+from modelspec.checkpoint import save_checkpoint, unique_state
+from modelspec.diff import diff_reports
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def plain_hash_loop(module: torch.nn.Module) -> list[str]:
+    """The baseline: sha256 of every unique parameter's bytes, one after another."""
+    out = []
+    for p in module.parameters():  # parameters() lists a tied tensor once
+        t = p.detach().contiguous()
+        n = t.numel() * t.element_size()
+        out.append(hashlib.sha256((ctypes.c_char * n).from_address(t.data_ptr())).hexdigest())
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str, str]] = []
+    failed = False
+
+    def check(name: str, value: float, baseline: float, target: float | None, unit: str = "s") -> None:
+        nonlocal failed
+        ratio = value / baseline
+        ok = target is None or ratio <= target
+        failed |= not ok
+        goal = f"<= {target:.2f}" if target is not None else "—"
+        rows.append(
+            (
+                name,
+                f"{value:.3f} {unit} vs {baseline:.3f} {unit}",
+                f"{ratio:.2f}x",
+                f"{goal} {'ok' if ok else 'MISSED'}",
+            )
+        )
+
+    model = gpt2_small()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+
+    report = modelspec.report(model)
+    t = report.totals
+    assert t.unique_params == 124_439_808, t.unique_params
+    assert t.naive_params == 163_037_184, t.naive_params
+    rows.append(("GPT-2 small: unique / naive params", f"{t.unique_params:,} / {t.naive_params:,}", "", "exact ok"))
+
+    hash_s = best(lambda: plain_hash_loop(model), args.repeat)
+    report_s = best(lambda: modelspec.report(model), args.repeat)
+    check("report() vs plain sha256 loop", report_s, hash_s, 1.5)
+
+    stepped = gpt2_small()
+    with torch.no_grad():
+        stepped.h[0].mlp["c_fc"].weight.add_(1e-3)
+    other = modelspec.report(stepped)
+    diff_s = best(lambda: diff_reports(report, other), args.repeat)
+    changed = diff_reports(report, other).value
+    assert [v.name for v in changed] == ["h.0.mlp.c_fc.weight"], changed
+    rows.append(("diff of two GPT-2-small reports", f"{diff_s * 1000:.1f} ms", "", "1 value change found ok"))
+
+    tensors, _ = unique_state(model)
+    plain = {k: v.detach().contiguous() for k, v in tensors.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "a.safetensors", Path(tmp) / "b.safetensors"
+        save_s = best(lambda: safetensors.torch.save_file(plain, str(a)), args.repeat)
+        ours_s = best(lambda: save_checkpoint(model, b, spec_sha256=None), args.repeat)
+        check("checkpoint write vs safetensors.save_file", ours_s, save_s, 1.25)
+
+        def plain_load() -> None:
+            fresh = gpt2_small()
+            fresh.load_state_dict(safetensors.torch.load_file(str(a)), strict=False)
+
+        # modelspec.load on a spec-built model: emulate with load_checkpoint into a fresh module
+        from modelspec.checkpoint import load_checkpoint
+
+        def ours_load() -> None:
+            load_checkpoint(gpt2_small(), b)
+
+        plain_load_s = best(plain_load, args.repeat)
+        ours_load_s = best(ours_load, args.repeat)
+        check("checkpoint load+verify vs load_file+load_state_dict", ours_load_s, plain_load_s, 1.5)
+
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("benchmark", "measured", "ratio", "target")
+    width = [max(w, len(h)) for w, h in zip(width, header, strict=True)]
+    for r in (header, tuple("-" * w for w in width), *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

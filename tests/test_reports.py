@@ -1,0 +1,145 @@
+"""Reports: golden files for the bundled specs, plus invariants that must hold for any model.
+
+Update the golden files after an intended change with:
+    MODELSPEC_UPDATE_GOLDEN=1 python -m pytest tests/test_reports.py
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import D2L, SEED_MODELS, bundled_specs
+
+import modelspec
+from modelspec.cli import main
+from modelspec.diff import diff_reports
+from modelspec.report import render_json, render_md, render_text
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("MODELSPEC_UPDATE_GOLDEN") == "1"
+RENDERERS = {"txt": render_text, "md": render_md, "json": render_json}
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"missing golden file {path}; run with MODELSPEC_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
+@pytest.mark.parametrize("fmt", sorted(RENDERERS))
+@pytest.mark.parametrize("spec", sorted(SEED_MODELS))
+def test_golden_reports(spec: str, fmt: str) -> None:
+    report = modelspec.report(modelspec.build(D2L / spec))
+    check_golden(f"{Path(spec).stem}.{fmt}", RENDERERS[fmt](report))
+
+
+def test_golden_folded_report() -> None:
+    report = modelspec.report(modelspec.build(D2L / "shared_mlp.yaml"))
+    check_golden("shared_mlp.depth1.txt", render_text(report, depth=1))
+
+
+@pytest.mark.parametrize("spec", bundled_specs(), ids=lambda p: p.name)
+def test_invariants(spec: Path) -> None:
+    model = modelspec.build(spec)
+    r = modelspec.report(model)
+    t = r.totals
+    assert t.naive_params - t.unique_params == t.saved_by_sharing
+    assert t.unique_params == sum(p.numel() for p in model.parameters())
+    assert t.naive_params == sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    assert t.trainable_params + t.frozen_params == t.unique_params
+    assert diff_reports(r, r).is_empty()
+    assert sum(g.numel for g in r.tie_groups if g.kind == "module") <= t.unique_params
+    names = [a for e in r.tensors for a in e.aliases]
+    assert len(names) == len(set(names))  # every name belongs to exactly one entry
+
+
+def test_shared_net_report_lists_shared_weight_once_with_aliases() -> None:
+    r = modelspec.report(modelspec.build(D2L / "shared.yaml"))
+    shared = [e for e in r.tensors if e.block == "shared"]
+    assert [(e.name, e.aliases) for e in shared] == [
+        ("2.weight", ["2.weight", "4.weight"]),
+        ("2.bias", ["2.bias", "4.bias"]),
+    ]
+    (group,) = r.tie_groups
+    assert group.sites == ["2", "4"] and group.numel == 72
+    assert r.totals.unique_params == 121 and r.totals.naive_params == 193
+
+
+def test_report_json_is_byte_identical_across_builds_and_thread_counts() -> None:
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = render_json(modelspec.report(modelspec.build(D2L / "shared_mlp.yaml")))
+        torch.set_num_threads(2)
+        two = render_json(modelspec.report(modelspec.build(D2L / "shared_mlp.yaml")))
+    finally:
+        torch.set_num_threads(n)
+    assert one == two
+    assert "time" not in json.loads(one)
+
+
+def test_buffers_are_reported_as_buffers() -> None:
+    m = modelspec.build("modelspec: 1\ninput: {shape: [4, 3]}\nmodel: [{Linear: [3, 5]}, {BatchNorm1d: 5}]\n")
+    r = modelspec.report(m)
+    buffers = {e.name: e for e in r.tensors if e.kind == "buffer"}
+    assert set(buffers) == {"1.running_mean", "1.running_var", "1.num_batches_tracked"}
+    assert r.totals.buffer_numel == 11 and not buffers["1.running_mean"].requires_grad
+
+
+def test_frozen_and_training_memory() -> None:
+    m = modelspec.build(D2L / "nest_mlp.yaml")
+    m.linear.requires_grad_(False)
+    t = modelspec.report(m).totals
+    assert t.frozen_params == 32 * 16 + 16
+    assert t.training_bytes_adam == t.param_bytes + 3 * 4 * t.trainable_params
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    return main(list(argv), stdout=out, stderr=err), out.getvalue(), err.getvalue()
+
+
+def test_report_cli_formats(tmp_path: Path) -> None:
+    spec = str(D2L / "shared_mlp.yaml")
+    rc, text, _ = run("report", spec)
+    assert rc == 0 and max(len(line) for line in text.splitlines()) <= 100
+    rc, out, _ = run("report", spec, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 8 and rows[0]["aliases"].split() == ["mlp1.shared_layer.0.weight", "mlp2.shared_layer.0.weight"]
+    rc, out, _ = run("report", spec, "--format", "json")
+    assert json.loads(out)["totals"]["unique_params"] == 4480
+    rc, _, _ = run("report", spec, "--format", "html", "-o", str(tmp_path / "r.html"))
+    assert rc == 0 and (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    rc, out, _ = run("report", spec, "--device", "meta")
+    assert rc == 0 and "4,480 parameters" in out
+
+
+def test_report_of_build_folder_and_report_json(tmp_path: Path) -> None:
+    modelspec.write_build(D2L / "shared.yaml", tmp_path / "b")
+    rc, from_dir, _ = run("report", str(tmp_path / "b"), "--format", "json")
+    rc2, from_json, _ = run("report", str(tmp_path / "b" / "report.json"), "--format", "json")
+    assert rc == rc2 == 0 and from_dir == from_json == (tmp_path / "b" / "report.json").read_text()
+
+
+def test_report_cli_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("{}")
+    rc, _, err = run("report", str(tmp_path / "x.json"))
+    assert rc == 2 and "not a modelspec report.json" in err
+    rc, _, err = run("report", str(D2L / "shared.yaml"), "--depth", "-1")
+    assert rc == 2
+
+
+@pytest.mark.parametrize("fmt", ["mermaid", "dot", "svg"])
+def test_graph_cli(fmt: str) -> None:
+    rc, out, _ = run("graph", str(D2L / "shared_mlp.yaml"), "--format", fmt)
+    assert rc == 0 and "shared_layer" in out
