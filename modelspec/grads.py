@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .build import DTYPES, BuildInfo
+from .fmt import text_table
 from .inventory import inventory
 
 __all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
@@ -250,8 +251,6 @@ def _group_grads(
 
 def render_grads_text(r: GradReport) -> str:
     """Gradient norms per tensor, then each tie group's per-use contributions and their sum."""
-    from .report import text_table
-
     out = [f"loss '{r.loss}' = {r.loss_value:.6g} on input {list(r.input_shape)} (seed {r.seed})", ""]
     rows = [[t.name + (f" (+{len(t.aliases) - 1})" if len(t.aliases) > 1 else ""), f"{t.numel:,}",
              "—" if t.grad_norm is None else f"{t.grad_norm:.6g}"] for t in r.tensors]  # fmt: skip

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from .fmt import fmt_float, human_bytes
 from .graph import to_svg
 from .inventory import Report, TensorEntry
-from .report import fmt_float, human_bytes
 
 __all__ = ["render_html"]
 

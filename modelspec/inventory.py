@@ -21,7 +21,18 @@ from ._version import __version__
 from .build import BuildInfo
 from .stats import sha256_of, summarize
 
-__all__ = ["REPORT_VERSION", "BlockSummary", "Report", "TensorEntry", "TensorStats", "TieGroup", "Totals", "inventory"]
+__all__ = [
+    "REPORT_VERSION",
+    "BlockSummary",
+    "ChildSummary",
+    "ModuleEntry",
+    "Report",
+    "TensorEntry",
+    "TensorStats",
+    "TieGroup",
+    "Totals",
+    "inventory",
+]
 
 REPORT_VERSION = 1
 
@@ -82,6 +93,8 @@ class BlockSummary(_Frozen):
 
 
 class Totals(_Frozen):
+    """Model-wide counts; ``naive_params - unique_params == saved_by_sharing``."""
+
     unique_params: int = Field(description="parameter elements, each tensor counted once")
     naive_params: int = Field(description="the sum over every name: what double-counting tools show")
     saved_by_sharing: int

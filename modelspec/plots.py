@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from .errors import ModelspecError
+from .fmt import fmt_float
 from .inventory import Report, TensorEntry
-from .report import fmt_float
 
 if TYPE_CHECKING:  # only for annotations; importing matplotlib here would defeat the optional extra
     from matplotlib.figure import Figure

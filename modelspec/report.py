@@ -12,20 +12,11 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .fmt import clip, fmt_float, human_bytes, text_table
+from .graph import to_mermaid
 from .inventory import Report, TensorEntry
 
-__all__ = [
-    "Fold",
-    "fmt_float",
-    "fold",
-    "human_bytes",
-    "human_count",
-    "render_csv",
-    "render_json",
-    "render_md",
-    "render_text",
-    "text_table",
-]
+__all__ = ["CSV_COLUMNS", "Fold", "fold", "render_csv", "render_json", "render_md", "render_text"]
 
 
 def render_json(report: Report) -> str:
@@ -33,27 +24,9 @@ def render_json(report: Report) -> str:
     return report.model_dump_json(indent=2) + "\n"
 
 
-def fmt_float(x: float | None, digits: int = 4) -> str:
-    return "—" if x is None else f"{x:.{digits}g}"
-
-
-def human_count(n: int) -> str:
-    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-def human_bytes(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n} B"
-
-
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    def esc(cell: str) -> str:
-        return cell.replace("|", "\\|")
+    def esc(cell: str) -> str:  # keep one row per line whatever a name contains
+        return cell.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -67,8 +40,6 @@ def _names(e: TensorEntry) -> str:
 def render_md(report: Report, depth: int | None = None) -> str:
     """``report.md``: totals, the architecture (Mermaid, renders on GitHub), every unique
     tensor (or, with ``depth``, subtotals per module at that depth), tie groups, blocks."""
-    from .graph import to_mermaid  # graph draws with this module's number formats
-
     t = report.totals
     title = report.name or "model"
     lines = [f"# Parameter report: {title}", ""]
@@ -205,27 +176,6 @@ def fold(report: Report, depth: int) -> list[Fold]:
 
 
 # ------------------------------------------------------------------ plain text
-def _clip(text: str, width: int) -> str:
-    """Shorten ``text`` to ``width`` by eliding its middle (names differ at both ends)."""
-    if len(text) <= width:
-        return text
-    keep = width - 1
-    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
-
-
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int], max_width: dict[int, int]) -> str:
-    """An aligned table; columns in ``right`` are right-aligned, others clipped to ``max_width``."""
-    rows = [[_clip(c, max_width.get(i, 10_000)) for i, c in enumerate(r)] for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
-        ).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
-
-
 def _totals_lines(report: Report) -> list[str]:
     t = report.totals
     pairs = [
@@ -255,7 +205,7 @@ def render_text(report: Report, depth: int | None = None) -> str:
             s = e.stats
             extra = f" (+{len(e.aliases) - 1})" if len(e.aliases) > 1 else ""
             rows.append([
-                _clip(e.name, 36 - len(extra)) + extra, "×".join(map(str, e.shape)) or "scalar", e.dtype,
+                clip(e.name, 36 - len(extra)) + extra, "×".join(map(str, e.shape)) or "scalar", e.dtype,
                 f"{e.numel:,}", ("yes" if e.requires_grad else "no") if e.kind == "parameter" else "buf",
                 fmt_float(s.mean if s else None), fmt_float(s.std if s else None), e.block or "",
             ])  # fmt: skip
@@ -272,19 +222,19 @@ def render_text(report: Report, depth: int | None = None) -> str:
         out += ["", "top-level children (a shared tensor counts in each child that reaches it):"]
         for c in report.children:
             shared = f", {c.shared_params:,} shared with other children" if c.shared_params else ""
-            out.append(_clip(f"  {c.name:<12} {c.type:<14} {c.params:>14,} parameters{shared}", 100))
+            out.append(clip(f"  {c.name:<12} {c.type:<14} {c.params:>14,} parameters{shared}", 100))
     if report.tie_groups:
         out += ["", "tie groups (stored once):"]
         for g in report.tie_groups:
             label = f"block '{g.block}'" if g.block else g.kind
             out.append(
-                _clip(f"  {label} at {', '.join(g.sites)}: {g.numel:,} elements in {len(g.tensors)} tensors", 100)
+                clip(f"  {label} at {', '.join(g.sites)}: {g.numel:,} elements in {len(g.tensors)} tensors", 100)
             )
     if report.blocks:
         out += ["", "blocks:"]
         for b in report.blocks:
             used = ", ".join(b.sites) or "unused"
-            out.append(_clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
+            out.append(clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
     out += ["", "totals:", *_totals_lines(report)]
     return "\n".join(out) + "\n"
 
