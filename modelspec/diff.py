@@ -86,6 +86,7 @@ class Diff(_Frozen):
     totals_before: Totals
     totals_after: Totals
     structure_only: bool = False
+    values_compared: bool = Field(False, description="both sides had checksums and values were compared")
 
     def kinds(self) -> list[str]:
         """The kinds of difference present, in KINDS order."""
@@ -228,6 +229,7 @@ def diff_reports(
         totals_before=a.totals,
         totals_after=b.totals,
         structure_only=structure_only,
+        values_compared=not structure_only and any(e.sha256 for e in a.tensors) and any(e.sha256 for e in b.tensors),
     )
 
 
@@ -262,9 +264,10 @@ def _lines(d: Diff, code: Callable[[str], str]) -> list[str]:
 
 def render_diff_text(d: Diff) -> str:
     """One line per change (``+`` added, ``-`` removed, ``~`` changed), then changed totals."""
+    note = "" if d.values_compared else " (structure only: values not compared)"
     if d.is_empty():
-        return "no differences\n"
-    out = _lines(d, str)
+        return f"no differences{note}\n"
+    out = ([note.strip(" ()")] if note else []) + _lines(d, str)
     rows = _totals_rows(d)
     if rows:
         out += ["", "totals:"] + [f"  {k:<18}{a:>16,} -> {b:,}" for k, a, b in rows]
@@ -273,9 +276,10 @@ def render_diff_text(d: Diff) -> str:
 
 def render_diff_md(d: Diff) -> str:
     """The diff as a markdown list and a table of changed totals."""
+    note = "" if d.values_compared else "Structure only: values not compared.\n"
     if d.is_empty():
-        return "No differences.\n"
-    out = ["## Parameter diff", ""] + [f"- {line}" for line in _lines(d, lambda n: f"`{n}`")]
+        return "No differences. " + note if note else "No differences.\n"
+    out = ["## Parameter diff", "", *([note] if note else [])] + [f"- {line}" for line in _lines(d, lambda n: f"`{n}`")]
     rows = _totals_rows(d)
     if rows:
         out += ["", "| total | before | after |", "|---|---:|---:|"]
