@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 SpecSource = str | os.PathLike[str]
+#: ``progress(done_bytes, total_bytes)``, called while checksums and statistics run.
+Progress = Callable[[int, int], None]
 SPEC_FILE = "spec.yaml"
 CHECKPOINT_FILE = "model.safetensors"
 REPORT_JSON = "report.json"
@@ -135,12 +137,12 @@ def build_info(module: nn.Module) -> BuildInfo | None:
     return _INFO.get(module)
 
 
-def report(module: nn.Module) -> Report:
+def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
     """The parameter inventory of any module: unique tensors, aliases, ties, totals.
 
     Modules built or loaded by modelspec also get block names and the spec's hash.
     """
-    return inventory(module, _INFO.get(module))
+    return inventory(module, _INFO.get(module), progress=progress)
 
 
 # ------------------------------------------------------------------ build folders
@@ -183,8 +185,10 @@ def _replaceable(path: Path) -> bool:
     return not names or {SPEC_FILE, CHECKPOINT_FILE} <= names
 
 
-def _write_folder(module: nn.Module, info: BuildInfo, out: Path, dtype: torch.dtype | None) -> Report:
-    rep = inventory(module, info)
+def _write_folder(
+    module: nn.Module, info: BuildInfo, out: Path, dtype: torch.dtype | None, progress: Progress | None = None
+) -> Report:
+    rep = inventory(module, info, progress=progress)
     spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
     with _atomic_dir(out) as tmp:
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
@@ -225,17 +229,18 @@ def write_build(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
+    progress: Progress | None = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
 
     Nothing is left behind on error: the folder appears complete or not at all.
     """
+    if torch.device(device).type == "meta":
+        raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
     resolved = compile_spec(source)
     dt = _parse_dtype(dtype)
     module = _build(resolved, device, dt)
-    if torch.device(device).type == "meta":
-        raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
-    rep = _write_folder(module, _INFO[module], Path(out), dt)
+    rep = _write_folder(module, _INFO[module], Path(out), dt, progress)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)
 
 
@@ -352,7 +357,9 @@ class Target:
     weights: Callable[[str], torch.Tensor] | None
 
 
-def open_target(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> Target:
+def open_target(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", progress: Progress | None = None
+) -> Target:
     """Open ``path``: a spec (built on ``device``; ``meta`` for structure only), a build
     folder (loaded and verified), or a ``report.json`` (read as is)."""
     p = Path(path)
@@ -364,7 +371,7 @@ def open_target(path: str | os.PathLike[str], *, device: str | torch.device = "c
             with safetensors.safe_open(str(ckpt), framework="pt") as f:
                 return f.get_tensor(name)
 
-        return Target(report(module), module, weights)
+        return Target(report(module, progress=progress), module, weights)
     if p.suffix == ".json":
         try:
             return Target(Report.model_validate_json(p.read_bytes()), None, None)
@@ -373,7 +380,7 @@ def open_target(path: str | os.PathLike[str], *, device: str | torch.device = "c
         except pydantic.ValidationError as e:
             raise BuildDirError(f"{p} is not a modelspec report.json: {e.errors()[0]['msg']}") from e
     module = _build(compile_spec(p), device, None)
-    return Target(report(module), module, None)
+    return Target(report(module, progress=progress), module, None)
 
 
 def diff(a: str | os.PathLike[str] | Report, b: str | os.PathLike[str] | Report, *,

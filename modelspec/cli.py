@@ -191,6 +191,27 @@ def _kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+class _ProgressBar:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal and the
+    work is large enough to wait for."""
+
+    def __init__(self, err: TextIO, label: str, min_bytes: int = 256 << 20) -> None:
+        self.err, self.label, self.min_bytes = err, label, min_bytes
+        self.enabled = err.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < self.min_bytes:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        self.err.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done >> 20}/{total >> 20} MiB")
+        self.err.flush()
+        self.shown = True
+        if done >= total:
+            self.err.write("\n")
+
+
 def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
     for d in diags:
         print(str(d), file=stderr)
@@ -199,7 +220,9 @@ def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
 def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     spec_path = Path(args.spec)
     target = Path(args.out) if args.out else Path("build") / spec_path.stem
-    result = api.write_build(spec_path, target, device=args.device, dtype=args.dtype)
+    result = api.write_build(
+        spec_path, target, device=args.device, dtype=args.dtype, progress=_ProgressBar(err, "checksums")
+    )
     _print_diagnostics(result.warnings, err)
     t = result.report.totals
     if args.format == "json":
@@ -269,7 +292,7 @@ def _emit(text: str, path: str | None, out: TextIO, err: TextIO) -> None:
 
 
 def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    target = api.open_target(args.target, device=args.device)
+    target = api.open_target(args.target, device=args.device, progress=_ProgressBar(err, "checksums"))
     rep = target.report
     if args.histograms:
         if target.module is None or rep.device == "meta":

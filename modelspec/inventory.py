@@ -9,7 +9,7 @@ own traversal order (the name ``named_parameters()`` shows).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -160,13 +160,21 @@ def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor
     return list(by_id.values())
 
 
-def inventory(module: nn.Module, info: BuildInfo | None = None, *, values: bool = True, threads: int = 2) -> Report:
+def inventory(
+    module: nn.Module,
+    info: BuildInfo | None = None,
+    *,
+    values: bool = True,
+    threads: int = 2,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
     """Inventory every unique parameter and buffer of ``module``.
 
     Checksums are computed in worker threads while statistics run on the caller's
     thread (hashlib releases the GIL), so hashing dominates the time. With
     ``values=False`` (and always on ``meta``) only structure is reported: no
-    statistics, no checksums.
+    statistics, no checksums. ``progress(done_bytes, total_bytes)`` is called as
+    tensors are finished.
     """
     params = _group(list(module.named_parameters(remove_duplicate=False)))
     buffers = _group(list(module.named_buffers(remove_duplicate=False)))
@@ -185,7 +193,14 @@ def inventory(module: nn.Module, info: BuildInfo | None = None, *, values: bool 
     else:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             futures = [pool.submit(sha256_of, t) for t, _, _ in everything]
-            stats = [TensorStats(**vars(summarize(t))) for t, _, _ in everything]
+            total = sum(t.numel() * t.element_size() for t, _, _ in everything)
+            stats, done = [], 0
+            for (t, _, _), future in zip(everything, futures, strict=True):
+                stats.append(TensorStats(**vars(summarize(t))))
+                future.result()  # progress counts a tensor once both jobs on it are done
+                done += t.numel() * t.element_size()
+                if progress is not None:
+                    progress(done, total)
             hashes = [f.result() for f in futures]
 
     entries = []

@@ -65,3 +65,23 @@ def test_console_entry_point_runs(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_tty_and_for_large_work() -> None:
+    from modelspec.cli import _ProgressBar
+
+    tty, pipe = _FakeTTY(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = _ProgressBar(stream, "checksums", min_bytes=100)
+        bar(50 << 20, 100 << 20)
+        bar(100 << 20, 100 << 20)
+    assert "50/100 MiB" in tty.getvalue() and tty.getvalue().endswith("\n")
+    assert pipe.getvalue() == ""
+    small = _FakeTTY()
+    _ProgressBar(small, "checksums")(10, 10)  # below the default threshold: no bar
+    assert small.getvalue() == ""
