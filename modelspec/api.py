@@ -41,7 +41,10 @@ __all__ = [
     "build",
     "build_info",
     "compile_spec",
+    "diff",
+    "grads",
     "load",
+    "open_target",
     "report",
     "save",
     "validate",
@@ -93,8 +96,9 @@ def validate(source: SpecSource) -> list[Diagnostic]:
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    floating = [name for name, dt in DTYPES.items() if dt.is_floating_point]
+    if dtype not in floating:
+        raise ValueError(f"unknown dtype {dtype!r} for parameters; choose one of {', '.join(floating)}")
     return DTYPES[dtype]
 
 
@@ -185,21 +189,13 @@ def _replaceable(path: Path) -> bool:
     return not names or {SPEC_FILE, CHECKPOINT_FILE} <= names
 
 
-def _write_folder(
-    module: nn.Module, info: BuildInfo, out: Path, dtype: torch.dtype | None, progress: Progress | None = None
-) -> Report:
+def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progress | None = None) -> Report:
     rep = inventory(module, info, progress=progress)
     spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
     with _atomic_dir(out) as tmp:
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
-        save_checkpoint(
-            module,
-            tmp / CHECKPOINT_FILE,
-            spec_sha256=info.spec.sha256,
-            hashes=hashes,
-            dtype=str(dtype).removeprefix("torch.") if dtype else "",
-        )
+        save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes)
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
         (tmp / REPORT_HTML).write_text(render_html(rep), encoding="utf-8")
@@ -240,7 +236,7 @@ def write_build(
     resolved = compile_spec(source)
     dt = _parse_dtype(dtype)
     module = _build(resolved, device, dt)
-    rep = _write_folder(module, _INFO[module], Path(out), dt, progress)
+    rep = _write_folder(module, _INFO[module], Path(out), progress)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)
 
 
@@ -273,14 +269,8 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
         resolved = _folder_spec(out)
     expected, info = build_module(resolved, device="meta")
     _check_same_structure(module, expected)
-    dtype = _uniform_dtype(module)
-    _write_folder(module, info, out, dtype)
+    _write_folder(module, info, out)
     return out
-
-
-def _uniform_dtype(module: nn.Module) -> torch.dtype | None:
-    floats = {p.dtype for p in module.parameters() if p.is_floating_point()}
-    return floats.pop() if len(floats) == 1 and torch.float32 not in floats else None
 
 
 def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
@@ -317,21 +307,20 @@ def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu
     """
     folder = Path(build_dir)
     resolved = _folder_spec(folder)
-    meta = read_metadata(folder / CHECKPOINT_FILE)
-    dtype = _parse_dtype(meta.get("dtype") or None)
-    module = _allocate(resolved, torch.device(device), dtype)
-    load_checkpoint(module, folder / CHECKPOINT_FILE)
+    read_metadata(folder / CHECKPOINT_FILE)  # fail early, before building, if it is not modelspec's
+    module = _allocate(resolved, torch.device(device))
+    load_checkpoint(module, folder / CHECKPOINT_FILE)  # each tensor takes the dtype it was saved in
     return module
 
 
-def _allocate(resolved: Resolved, device: torch.device, dtype: torch.dtype | None) -> nn.Module:
+def _allocate(resolved: Resolved, device: torch.device) -> nn.Module:
     """The model with uninitialized storage: built on meta, then given real memory.
 
     Falls back to a normal build when that cannot keep every tensor and tie (a
     non-persistent buffer has no value in the checkpoint; ``to_empty`` would break
     parameter-level ties).
     """
-    module = _build(resolved, "meta", dtype)
+    module = _build(resolved, "meta", None)
     _, ties = unique_state(module)
     has_volatile = any(getattr(m, "_non_persistent_buffers_set", None) for m in module.modules())
     if not has_volatile:
@@ -340,7 +329,7 @@ def _allocate(resolved: Resolved, device: torch.device, dtype: torch.dtype | Non
         if unique_state(module)[1] == ties:
             _INFO[module] = info
             return module
-    return _build(resolved, device, dtype)
+    return _build(resolved, device, None)
 
 
 # ------------------------------------------------------------------ reports, diffs, gradients

@@ -58,7 +58,6 @@ def save_checkpoint(
         "format": FORMAT,
         "modelspec_version": __version__,
         "spec_sha256": spec_sha256 or "",
-        "dtype": dtype,
         "ties": json.dumps(ties, sort_keys=True),
         "sha256": json.dumps(digests, sort_keys=True),
         # requires_grad is not part of a tensor's bytes; keep it so a frozen layer stays frozen
@@ -137,7 +136,9 @@ def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
         problems.append(f"tensor names differ (missing: {missing[:5]}, unexpected: {extra[:5]})")
     for name in sorted(set(data) & set(targets)):
         src, dst = data[name], targets[name]
-        if src.shape != dst.shape or src.dtype != dst.dtype:
+        if src.shape != dst.shape or (
+            src.dtype != dst.dtype and not (src.is_floating_point() and dst.is_floating_point())
+        ):
             problems.append(f"{name}: file has {list(src.shape)} {src.dtype}, model has {list(dst.shape)} {dst.dtype}")
         elif digests.get(name) != sha256_of(src):
             problems.append(f"{name}: checksum mismatch (the file is damaged)")
@@ -146,7 +147,10 @@ def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
     frozen = set(json.loads(meta.get("frozen", "[]")))
     with torch.no_grad():
         for name, src in data.items():
-            targets[name].copy_(src)
+            dst = targets[name]
+            if dst.dtype != src.dtype:  # e.g. a bfloat16 or mixed-precision save of a float32 spec
+                dst.data = torch.empty(src.shape, dtype=src.dtype, device=dst.device)  # keeps the object: ties hold
+            dst.copy_(src)
             if isinstance(targets[name], nn.Parameter):
                 targets[name].requires_grad_(name not in frozen)
     return meta

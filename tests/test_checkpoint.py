@@ -206,3 +206,20 @@ model:
     modelspec.save(built, tmp_path / "b")
     loaded = modelspec.load(tmp_path / "b")
     _assert_bitwise_equal(built, loaded)
+
+
+def test_mixed_precision_save_load(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    net = modelspec.write_build(D2L / "shared_mlp.yaml", out).module
+    net["mlp1"].shared_layer.to(torch.bfloat16)  # half the model in bfloat16, ties intact
+    modelspec.save(net, out)
+    loaded = modelspec.load(out)
+    assert loaded["mlp2"].shared_layer[0].weight.dtype == torch.bfloat16
+    assert loaded["mlp1"].linear.weight.dtype == torch.float32
+    assert loaded["mlp1"].shared_layer is loaded["mlp2"].shared_layer
+    _assert_bitwise_equal(net, loaded)
+
+
+def test_integer_dtype_for_parameters_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="float32"):
+        modelspec.build(D2L / "net.yaml", dtype="int64")
