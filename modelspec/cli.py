@@ -370,7 +370,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     except SpecError as e:
         _print_diagnostics(e.diagnostics, err)
         n = len(e.diagnostics)
-        print(f"modelspec: {n} error{'s' if n != 1 else ''}; nothing was written", file=err)
+        wrote = "; nothing was written" if args.command == "build" else ""
+        print(f"modelspec: {n} error{'s' if n != 1 else ''}{wrote}", file=err)
         return EXIT_BAD_INPUT
     except (ModelspecError, ValueError, OSError) as e:
         print(f"modelspec: error: {e}", file=err)

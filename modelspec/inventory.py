@@ -317,14 +317,16 @@ def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSum
 def _children(module: nn.Module, entries: list[TensorEntry]) -> list[ChildSummary]:
     tops = [(k, m) for k, m in module._modules.items() if m is not None]  # a shared child under each name
     reach: dict[str, list[TensorEntry]] = {name: [] for name, _ in tops}
+    reached_from: dict[str, set[str]] = {}  # tensor name -> the top-level children that reach it
     for e in entries:
-        for name in {a.split(".", 1)[0] for a in e.aliases if "." in a}:
-            if name in reach:
-                reach[name].append(e)
+        tops_of_e = {a.split(".", 1)[0] for a in e.aliases if "." in a} & reach.keys()
+        reached_from[e.name] = tops_of_e
+        for name in tops_of_e:
+            reach[name].append(e)
     out = []
     for name, child in tops:
         mine = [e for e in reach[name] if e.kind == "parameter"]
-        shared = [e for e in mine if any(e in reach[other] for other in reach if other != name)]
+        shared = [e for e in mine if len(reached_from[e.name]) > 1]
         out.append(
             ChildSummary(
                 name=name,

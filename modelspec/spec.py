@@ -58,6 +58,11 @@ DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16"
 # Nodes are parsed by _NodeParser, not pydantic; the schema module swaps this marker
 # for a reference to the node grammar it generates from the registry.
 NODE_MARKER = "x-modelspec-node"
+_CONTAINER_HINTS = {
+    "Sequential": "a YAML list builds nn.Sequential: write the layers as a list",
+    "ModuleList": "a YAML list builds nn.Sequential: write the layers as a list",
+    "ModuleDict": "a mapping of lower-case names builds named children",
+}
 _NodeJSON = Annotated[Any, WithJsonSchema({NODE_MARKER: True})]
 _Name = Annotated[str, Field(pattern=_NAME)]
 
@@ -330,10 +335,12 @@ class _NodeParser:
     def layer(self, type_name: str, value: Any, path: SpecPath, arg_path: SpecPath) -> Node:
         entry = registry.get_layer(type_name)
         if entry is None:
-            hint = did_you_mean(type_name, registry.layer_names())
+            hint = _CONTAINER_HINTS.get(type_name) or did_you_mean(type_name, registry.layer_names())
             if hint is None and type_name[:1].islower():
                 hint = "layer types are torch.nn class names, e.g. 'ReLU'; named children go in a mapping"
-            self.errors.add("unknown-layer", f"unknown layer type '{type_name}'", path, hint=hint)
+            at = self.errors.position(arg_path)  # the type name the user typed
+            self.errors.add("unknown-layer", f"unknown layer type '{type_name}'", path, hint=hint,
+                            at=at if at[0] is not None else None)  # fmt: skip
             return Layer(type_name, {}, {}, path)
         if value is None:
             args, kwargs = [], {}
