@@ -147,7 +147,13 @@ def _materialize(
     root: nn.Module, roots: dict[str, nn.Module], spec: Spec, builder: _Builder, device: torch.device, errors: Collector
 ) -> None:
     """Run the example input once through each model: lazy layers take their shapes and
-    every layer's sizes are checked against the input before anyone trains."""
+    every layer's sizes are checked against the input before anyone trains.
+
+    Lazy layers need a real pass (they initialize on their first call, as in the
+    handwritten seed code). Without them the pass runs on ``meta`` copies of every
+    tensor: the same shape checks, no arithmetic, so building costs what
+    constructing the modules costs.
+    """
     lazy = [(n, m) for n, m in root.named_modules() if _is_lazy(m)]
     if spec.input is None and not lazy:
         return
@@ -178,6 +184,11 @@ def _materialize(
     try:
         with torch.no_grad():
             for name, model in roots.items():
+                # Fast path without lazy layers: the same pass on meta stand-ins costs no
+                # arithmetic. Any failure there is re-run for real, so a missing meta kernel
+                # or an op that bypasses the swap can never produce a false error.
+                if not lazy and device.type != "meta" and _passes_on_meta(model, x):
+                    continue
                 stack.clear()
                 try:
                     model(x)
@@ -205,6 +216,27 @@ def _materialize(
                 builder.paths.get(id(module), ()),
                 hint="every lazy layer must run in the forward pass",
             )
+
+
+def _passes_on_meta(model: nn.Module, x: torch.Tensor) -> bool:
+    """Run ``model`` on a meta copy of ``x`` with every tensor swapped for a meta stand-in
+    (one per unique tensor, so ties hold); put the real tensors back whatever happens."""
+    stand_ins: dict[int, torch.Tensor] = {}
+    saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    try:
+        for m in model.modules():
+            for store in (m._parameters, m._buffers):
+                for key, t in store.items():
+                    if t is not None:
+                        saved.append((store, key, t))
+                        store[key] = stand_ins.setdefault(id(t), torch.empty_like(t, device="meta"))
+        model(x.to("meta"))
+        return True
+    except Exception:  # noqa: BLE001 - the real pass reports it, or shows it was a false alarm
+        return False
+    finally:
+        for store, key, t in reversed(saved):
+            store[key] = t
 
 
 def _is_lazy(module: nn.Module) -> bool:

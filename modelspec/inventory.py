@@ -195,13 +195,14 @@ def inventory(
             futures = [pool.submit(sha256_of, t) for t, _, _ in everything]
             total = sum(t.numel() * t.element_size() for t, _, _ in everything)
             stats, done = [], 0
-            for (t, _, _), future in zip(everything, futures, strict=True):
+            for t, _, _ in everything:  # statistics here while the pool hashes
                 stats.append(TensorStats(**vars(summarize(t))))
-                future.result()  # progress counts a tensor once both jobs on it are done
                 done += t.numel() * t.element_size()
-                if progress is not None:
+                if progress is not None and done < total:
                     progress(done, total)
             hashes = [f.result() for f in futures]
+            if progress is not None:
+                progress(total, total)
 
     entries = []
     for (t, names, kind), digest, st in zip(everything, hashes, stats, strict=True):
