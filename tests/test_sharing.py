@@ -134,3 +134,17 @@ def test_meta_build_allocates_nothing_but_has_real_shapes() -> None:
 def test_dtype_keeps_ties() -> None:
     net = modelspec.build(D2L / "shared.yaml", dtype="float64")
     assert net[2] is net[4] and net[2].weight.dtype == torch.float64
+
+
+def test_example_pass_leaves_every_tensor_real_and_tied(tmp_path) -> None:
+    """The size check runs on meta stand-ins; the real (tied) tensors must all come back."""
+    m = modelspec.build("""
+modelspec: 1
+input: {shape: [2, 4]}
+blocks:
+  shared: {Linear: [4, 4]}
+model: [{use: shared}, {BatchNorm1d: 4}, {use: shared}]
+""")
+    assert {t.device.type for t in [*m.parameters(), *m.buffers()]} == {"cpu"}
+    assert m[0] is m[2] and m[0].weight is m[2].weight
+    assert int(m[1].num_batches_tracked) == 0
