@@ -17,6 +17,7 @@ from .errors import (
     SpecError,
     SpecWarning,
     TieMismatchError,
+    UsageError,
 )
 from .inventory import Report
 
@@ -30,6 +31,7 @@ __all__ = [
     "SpecError",
     "SpecWarning",
     "TieMismatchError",
+    "UsageError",
     "__version__",
     "build",
     "build_info",

@@ -5,13 +5,10 @@ Library code here never prints; it returns values or raises a ModelspecError.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +21,8 @@ import yaml
 from .build import DTYPES, BuildInfo, build_module
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
 from .diff import Diff, diff_reports
-from .errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError
+from .errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
+from .files import atomic_dir
 from .grads import GradReport, Loss, example_batch, gradients
 from .html import render_html
 from .inventory import Report, inventory
@@ -94,16 +92,31 @@ def validate(source: SpecSource) -> list[Diagnostic]:
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
     floating = [name for name, dt in DTYPES.items() if dt.is_floating_point]
-    if dtype not in floating:
-        raise ValueError(f"unknown dtype {dtype!r} for parameters; choose one of {', '.join(floating)}")
-    return DTYPES[dtype]
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype in floating:
+        return DTYPES[dtype]
+    raise UsageError(f"dtype {dtype!r} cannot hold parameters; choose one of {', '.join(floating)}")
+
+
+def _parse_device(device: str | torch.device) -> torch.device:
+    """A device that exists here; a clear error instead of torch's assertion otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UsageError(f"unknown device {device!r}: use e.g. 'cpu', 'cuda', 'cuda:1' or 'meta'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(dev)!r} is not available: this PyTorch has no usable CUDA")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"device {str(dev)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
 
 
 def _build(resolved: Resolved, device: str | torch.device, dtype: torch.dtype | str | None) -> nn.Module:
-    module, info = build_module(resolved, device=device, dtype=_parse_dtype(dtype))
+    module, info = build_module(resolved, device=_parse_device(device), dtype=_parse_dtype(dtype))
     _INFO[module] = info
     return module
 
@@ -150,49 +163,10 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
 
 
 # ------------------------------------------------------------------ build folders
-@contextlib.contextmanager
-def _atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``out``; on success it replaces ``out`` whole."""
-    out = out.absolute()
-    if out.exists() and not _replaceable(out):
-        raise BuildDirError(f"{out} exists and is not a modelspec build folder; choose another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        _default_permissions(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _default_permissions(folder: Path) -> None:
-    """mkdtemp makes the folder private (0700); give it and its files the umask's modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o666 & ~umask)
-
-
-def _replaceable(path: Path) -> bool:
-    if not path.is_dir():
-        return False
-    names = {p.name for p in path.iterdir()}
-    return not names or {SPEC_FILE, CHECKPOINT_FILE} <= names
-
-
 def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progress | None = None) -> Report:
     rep = inventory(module, info, progress=progress)
     spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
         save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes)
@@ -231,7 +205,7 @@ def write_build(
 
     Nothing is left behind on error: the folder appears complete or not at all.
     """
-    if torch.device(device).type == "meta":
+    if _parse_device(device).type == "meta":
         raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
     resolved = compile_spec(source)
     dt = _parse_dtype(dtype)
@@ -308,8 +282,9 @@ def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu
     folder = Path(build_dir)
     resolved = _folder_spec(folder)
     read_metadata(folder / CHECKPOINT_FILE)  # fail early, before building, if it is not modelspec's
-    module = _allocate(resolved, torch.device(device))
-    load_checkpoint(module, folder / CHECKPOINT_FILE)  # each tensor takes the dtype it was saved in
+    module = _allocate(resolved, _parse_device(device))
+    # each tensor takes the dtype it was saved in; the spec must be the one it was saved with
+    load_checkpoint(module, folder / CHECKPOINT_FILE, spec_sha256=resolved.spec.sha256)
     return module
 
 

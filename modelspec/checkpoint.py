@@ -113,18 +113,38 @@ def read_metadata(path: Path) -> dict[str, str]:
     return meta
 
 
-def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
+def _json_field(path: Path, meta: dict[str, str], key: str, kind: type, default: str | None = None) -> Any:
+    """A JSON value from the metadata, of the expected kind with string contents."""
+    try:
+        value = json.loads(meta[key] if default is None else meta.get(key, default))
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: damaged metadata '{key}': {e}") from e
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if (
+        not isinstance(value, kind)
+        or items is None
+        or not all(isinstance(x, str) for item in items for x in (item if isinstance(item, tuple) else (item,)))
+    ):
+        raise CheckpointError(f"{path}: damaged metadata '{key}': expected a JSON {kind.__name__} of strings")
+    return value
+
+
+def load_checkpoint(module: nn.Module, path: Path, *, spec_sha256: str | None = None) -> dict[str, str]:
     """Copy the checkpoint at ``path`` into ``module`` in place, verifying everything.
 
     Raises CheckpointError when names, the tie map, shapes, dtypes or checksums
-    differ; ``module`` is unchanged in that case.
+    differ, or when ``spec_sha256`` is given and the file was written for another
+    spec; ``module`` is unchanged in that case.
     """
     meta = read_metadata(path)
-    try:
-        file_ties: dict[str, str] = json.loads(meta["ties"])
-        digests: dict[str, str] = json.loads(meta["sha256"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: damaged metadata: {e}") from e
+    file_ties = _json_field(path, meta, "ties", dict)
+    digests = _json_field(path, meta, "sha256", dict)
+    frozen = set(_json_field(path, meta, "frozen", list, default="[]"))
+    if spec_sha256 and meta.get("spec_sha256") and meta["spec_sha256"] != spec_sha256:
+        raise CheckpointError(
+            f"{path}: written for spec {meta['spec_sha256'][:12]}, but the folder's spec.yaml is "
+            f"{spec_sha256[:12]}: the spec was edited after the build; rebuild, or restore the spec"
+        )
     targets, ties = unique_state(module)
     if ties != file_ties:
         raise CheckpointError(_tie_difference(path, ties, file_ties))
@@ -144,7 +164,6 @@ def load_checkpoint(module: nn.Module, path: Path) -> dict[str, str]:
             problems.append(f"{name}: checksum mismatch (the file is damaged)")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    frozen = set(json.loads(meta.get("frozen", "[]")))
     with torch.no_grad():
         for name, src in data.items():
             dst = targets[name]

@@ -22,6 +22,7 @@ from . import api
 from ._version import __version__
 from .diff import KINDS, render_diff_json, render_diff_md, render_diff_text
 from .errors import Diagnostic, ModelspecError, SpecError
+from .files import atomic_write_text
 from .grads import render_grads_text
 from .graph import to_dot, to_mermaid, to_svg
 from .html import render_html
@@ -283,12 +284,8 @@ def _emit(text: str, path: str | None, out: TextIO, err: TextIO) -> None:
     """Print ``text`` to stdout, or write it to ``path`` atomically."""
     if path is None:
         out.write(text)
-        return
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
-    print(f"wrote {target}", file=err)
+    else:
+        print(f"wrote {atomic_write_text(path, text)}", file=err)
 
 
 def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -4,6 +4,7 @@ Every error modelspec raises derives from :class:`ModelspecError`::
 
     ModelspecError
     ├── SpecError           the spec is invalid; carries ranked Diagnostics with positions
+    ├── UsageError          an option is invalid: device, dtype, batch, input tensor (also a ValueError)
     ├── BuildDirError       a build folder is missing, incomplete or not modelspec's
     ├── CheckpointError     a checkpoint is corrupt, its checksums or ties do not match
     └── TieMismatchError    a module's sharing no longer matches its spec (on save)
@@ -28,6 +29,7 @@ __all__ = [
     "SpecError",
     "SpecWarning",
     "TieMismatchError",
+    "UsageError",
     "did_you_mean",
     "format_path",
 ]
@@ -114,6 +116,10 @@ class SpecError(ModelspecError):
 
 class SpecWarning(UserWarning):
     """A spec is valid but has something worth fixing (e.g. a block never used)."""
+
+
+class UsageError(ModelspecError, ValueError):
+    """An argument is invalid: an unknown device or dtype, an input tensor that does not fit."""
 
 
 class BuildDirError(ModelspecError):

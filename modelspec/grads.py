@@ -2,9 +2,9 @@
 
 A shared block used at two places receives, on backward, the sum of the gradients of
 both uses. To show the parts, each use site is wrapped for one pass in a recorder
-that keeps the site's output; after ``loss.backward(retain_graph=True)`` the
-contribution of one call is the vector-Jacobian product of that output with the
-gradient that reached it, taken w.r.t. the shared tensors. The contributions of all
+that, on every call, swaps the shared parameters for fresh views of themselves;
+autograd routes that call's share of the gradient through its views, where hooks
+keep it. One ordinary backward pass, no recomputation. The contributions of all
 calls must add up to ``.grad``; the report says by how much they do.
 """
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from .build import DTYPES, BuildInfo
+from .errors import UsageError
 from .fmt import text_table
 from .inventory import inventory
 
@@ -179,18 +180,39 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     """One forward and backward pass on ``x``; per-tensor gradient norms and, for every
     tie group, each use's contribution and how closely their sum matches ``.grad``.
 
-    Existing ``.grad`` values are cleared first; the new ones are left in place.
+    The pass runs in the module's current mode (``train()`` by default: dropout is
+    active, seeded by ``seed``). Buffers such as BatchNorm running statistics are put
+    back afterwards; existing ``.grad`` values are replaced by this pass's.
+
+    Raises:
+        UsageError: no parameter is trainable, or ``x`` does not fit the model.
     """
     structure = inventory(module, info, values=False)
     params = dict(module.named_parameters())
+    if not any(p.requires_grad for p in params.values()):
+        raise UsageError("the model has no trainable parameters: there is no gradient to show")
     calls: list[dict[str, Any]] = []
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
     module.zero_grad(set_to_none=True)
-    with torch.random.fork_rng(devices=[]), _recording(module, structure.tie_groups, calls):
-        torch.manual_seed(seed)
-        outs = _forward(module, x)
-        total = sum(o.sum() if loss == "sum" else F.mse_loss(o, torch.zeros_like(o)) for o in outs)
-        assert isinstance(total, torch.Tensor)
-        total.backward()
+    try:
+        with torch.random.fork_rng(devices=[]), _recording(module, structure.tie_groups, calls):
+            torch.manual_seed(seed)
+            try:
+                outs = _forward(module, x)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise UsageError(
+                    f"the input {list(x.shape)} {str(x.dtype).removeprefix('torch.')} does not fit the model: "
+                    f"{type(e).__name__}: {first}"
+                ) from e
+            total = sum(o.float().sum() if loss == "sum" else F.mse_loss(o.float(), torch.zeros_like(o.float()))
+                        for o in outs)  # fmt: skip
+            assert isinstance(total, torch.Tensor)
+            total.backward()
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:  # the pass must not change running statistics
+                b.copy_(saved)
     # A tensor inside nested shared blocks belongs to several groups; it is checked in
     # the one with the most use sites (the innermost), whose uses account for all of it.
     home: dict[str, int] = {}

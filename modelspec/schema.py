@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import registry
+from .files import atomic_write_text
 from .inventory import Report
 from .spec import NODE_MARKER, SpecFile
 
@@ -106,9 +107,5 @@ def write_schemas(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in render_schemas().items():
-        path = folder / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        written.append(path)
+        written.append(atomic_write_text(folder / name, text))
     return written

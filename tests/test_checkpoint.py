@@ -26,7 +26,13 @@ def _assert_bitwise_equal(a: nn.Module, b: nn.Module) -> None:
 def test_build_folder_contents(tmp_path: Path) -> None:
     out = tmp_path / "shared"
     modelspec.write_build(D2L / "shared.yaml", out)
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "report.html", "report.json", "report.md", "spec.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.safetensors",
+        "report.html",
+        "report.json",
+        "report.md",
+        "spec.yaml",
+    ]
     with safetensors.safe_open(str(out / "model.safetensors"), framework="pt") as f:
         keys = sorted(f.keys())
         meta = f.metadata()
@@ -132,16 +138,42 @@ def test_load_detects_damaged_checkpoint(tmp_path: Path) -> None:
         modelspec.load(out)
 
 
-def test_load_detects_tie_map_that_disagrees_with_spec(tmp_path: Path) -> None:
+def test_load_detects_spec_edited_after_build(tmp_path: Path) -> None:
     out = tmp_path / "b"
     modelspec.write_build(D2L / "shared.yaml", out)
     spec = (out / "spec.yaml").read_text()
-    # edit the folder's spec so that position 4 is no longer the shared block
-    (out / "spec.yaml").write_text(
-        spec.replace("- use: shared\n- ReLU\n- LazyLinear", "- Linear: [8, 8]\n- ReLU\n- LazyLinear")
-    )
-    assert (out / "spec.yaml").read_text() != spec
+    (out / "spec.yaml").write_text(spec.replace("- ReLU", "- Tanh"))  # same tensors, another model
+    with pytest.raises(CheckpointError, match="spec was edited after the build"):
+        modelspec.load(out)
+
+
+def _rewrite_metadata(path: Path, **changes: str) -> None:
+    from modelspec.checkpoint import write_safetensors
+
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # clone: the file is memory-mapped
+        meta = f.metadata()
+    write_safetensors(path.with_suffix(".new"), tensors, {**meta, **changes})
+    path.with_suffix(".new").replace(path)
+
+
+def test_load_detects_tie_map_that_disagrees_with_spec(tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    modelspec.write_build(D2L / "shared.yaml", out)
+    _rewrite_metadata(out / "model.safetensors", ties="{}")
     with pytest.raises(CheckpointError, match="ties differ"):
+        modelspec.load(out)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("ties", "[1, 2]"), ("sha256", "5"), ("frozen", "5"), ("frozen", "{"), ("ties", '{"a": 1}')],
+)
+def test_load_rejects_damaged_metadata(tmp_path: Path, key: str, value: str) -> None:
+    out = tmp_path / "b"
+    modelspec.write_build(D2L / "shared.yaml", out)
+    _rewrite_metadata(out / "model.safetensors", **{key: value})
+    with pytest.raises(CheckpointError, match=f"damaged metadata '{key}'"):
         modelspec.load(out)
 
 
