@@ -63,8 +63,10 @@ _INFO: weakref.WeakKeyDictionary[nn.Module, BuildInfo] = weakref.WeakKeyDictiona
 
 def _read(source: SpecSource) -> tuple[str, str]:
     """(text, file name) of a spec given as a path or as YAML text."""
+    # YAML text of a spec has a newline or at least a 'key:'; a one-line string without
+    # a colon can only be meant as a path (and gets "cannot read" if it is not one).
     is_path = isinstance(source, os.PathLike) or (
-        "\n" not in source and (source.endswith((".yaml", ".yml")) or Path(source).is_file())
+        "\n" not in source and (":" not in source or source.endswith((".yaml", ".yml")) or Path(source).is_file())
     )
     if not is_path:
         return str(source), "<spec>"
@@ -239,8 +241,13 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
         resolved = compile_spec(spec)
     elif info is not None:
         resolved = resolve(info.spec)
-    else:
+    elif (out / SPEC_FILE).is_file():
         resolved = _folder_spec(out)
+    else:
+        raise BuildDirError(
+            f"modelspec does not know this module's spec and {out} holds no {SPEC_FILE}: "
+            "pass spec=..., or save into the module's existing build folder"
+        )
     expected, info = build_module(resolved, device="meta")
     _check_same_structure(module, expected)
     _write_folder(module, info, out)

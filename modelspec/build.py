@@ -260,10 +260,12 @@ def _info(root: nn.Module, spec: Spec, builder: _Builder) -> BuildInfo:
     return BuildInfo(spec=spec, block_sites={k: tuple(v) for k, v in sites.items()}, origins=origins)
 
 
-def example_input(spec: Spec, device: Any = "cpu", batch: int | None = None) -> torch.Tensor:
-    """A zero tensor shaped like the spec's example input (``batch`` replaces dim 0)."""
+def example_input(spec: Spec, device: Any = "cpu") -> torch.Tensor:
+    """Zeros shaped like the spec's example input, for the sizing pass.
+
+    Modules are constructed in float32 and converted to the build's dtype afterwards,
+    so a floating input takes part in the pass as float32 (the pass is about shapes).
+    """
     assert spec.input is not None
-    shape = list(spec.input.shape)
-    if batch is not None:
-        shape[0] = batch
-    return torch.zeros(shape, dtype=DTYPES[spec.input.dtype], device=device)
+    dtype = DTYPES[spec.input.dtype]
+    return torch.zeros(spec.input.shape, dtype=torch.float32 if dtype.is_floating_point else dtype, device=device)

@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         "  modelspec grads spec.yaml --input batch.safetensors",
     )
     gr.add_argument("target", metavar="SPEC|BUILD_DIR")
-    gr.add_argument("--batch", type=_natural, metavar="N", help="batch size (replaces the input's first dimension)")
+    gr.add_argument("--batch", type=_positive, metavar="N", help="batch size (replaces the input's first dimension)")
     gr.add_argument("--loss", choices=("sum", "mse"), default="sum", help="sum of outputs, or MSE against zeros")
     gr.add_argument("--seed", type=int, default=0, help="seeds the random batch and dropout (default 0)")
     gr.add_argument("--input", metavar="FILE", help="a .safetensors file holding the input tensor")
@@ -181,6 +181,13 @@ def _natural(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _natural(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number >= 1, got 0")
     return value
 
 
@@ -213,6 +220,10 @@ class _ProgressBar:
             self.err.write("\n")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
     for d in diags:
         print(str(d), file=stderr)
@@ -239,7 +250,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(
             f"built {spec_path} -> {target}/\n"
-            f"  {t.unique_params:,} parameters in {t.unique_tensors} tensors"
+            f"  {t.unique_params:,} parameters in {_plural(t.unique_tensors, 'tensor')}"
             f" (naive count {t.naive_params:,}; sharing saves {t.saved_by_sharing:,})\n"
             f"  files: {', '.join(sorted(p.name for p in target.iterdir()))}\n"
         )
@@ -264,6 +275,8 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     texts = render_schemas()
     if args.check:
+        if not Path(args.check).is_dir():
+            raise ModelspecError(f"{args.check} is not a folder")
         stale = [
             name
             for name, text in texts.items()

@@ -180,6 +180,7 @@ def diff_reports(
     """
     by_name_b = {n: e for e in b.tensors for n in e.aliases}
     names_a = {n for e in a.tensors for n in e.aliases}
+    by_name_a = {n: e for e in a.tensors for n in e.aliases}
     matched: list[tuple[TensorEntry, TensorEntry]] = []
     removed: list[TensorEntry] = []
     for e in a.tensors:
@@ -188,32 +189,48 @@ def diff_reports(
             removed.append(e)
         else:
             matched.append((e, other))
+    # A tensor of B whose canonical name belonged to another A tensor (e.g. '4.weight' after
+    # an untie) is compared with that tensor too, so its values are not left unchecked.
+    seen = {(x.name, y.name) for x, y in matched}
+    for e in b.tensors:
+        other = by_name_a.get(e.name)
+        if other is not None and (other.name, e.name) not in seen:
+            matched.append((other, e))
     added = [e for e in b.tensors if not any(n in names_a for n in e.aliases)]
 
     renamed: list[Rename] = []
     if not structure_only:
-        pool = {(e.sha256, e.dtype, tuple(e.shape)): e for e in added if e.sha256}
+        # Same kind, dtype, shape and checksum; among equal candidates prefer the same last
+        # name part ('bn1.bias' -> 'x1.bias'), then report order.
+        pool: dict[tuple[object, ...], list[TensorEntry]] = {}
+        for e in added:
+            if e.sha256:
+                pool.setdefault((e.kind, e.sha256, e.dtype, tuple(e.shape)), []).append(e)
         for old in list(removed):
-            new = pool.pop((old.sha256, old.dtype, tuple(old.shape)), None) if old.sha256 else None
-            if new is not None:
-                renamed.append(Rename(old=old.name, new=new.name, shape=old.shape))
-                removed.remove(old)
-                added.remove(new)
+            candidates = pool.get((old.kind, old.sha256, old.dtype, tuple(old.shape)), []) if old.sha256 else []
+            if not candidates:
+                continue
+            leaf = old.name.rpartition(".")[2]
+            new = next((c for c in candidates if c.name.rpartition(".")[2] == leaf), candidates[0])
+            candidates.remove(new)
+            renamed.append(Rename(old=old.name, new=new.name, shape=old.shape))
+            removed.remove(old)
+            added.remove(new)
 
     shape, dtype, trainable, value = [], [], [], []
     for x, y in matched:
         if x.shape != y.shape:
-            shape.append(Change(name=x.name, before=_dims(x.shape), after=_dims(y.shape)))
+            shape.append(Change(name=y.name, before=_dims(x.shape), after=_dims(y.shape)))
         if x.dtype != y.dtype:
-            dtype.append(Change(name=x.name, before=x.dtype, after=y.dtype))
+            dtype.append(Change(name=y.name, before=x.dtype, after=y.dtype))
         if x.requires_grad != y.requires_grad and x.kind == y.kind == "parameter":
-            trainable.append(Change(name=x.name, before=str(x.requires_grad), after=str(y.requires_grad)))
+            trainable.append(Change(name=y.name, before=str(x.requires_grad), after=str(y.requires_grad)))
         if structure_only or not (x.sha256 and y.sha256) or x.sha256 == y.sha256:
             continue
         rel = max_abs = None
         if weights_a and weights_b and x.shape == y.shape:
             rel, max_abs = _value_delta(weights_a(x.name), weights_b(y.name))
-        value.append(ValueChange(name=x.name, sha256_before=x.sha256, sha256_after=y.sha256, rel_l2=rel,
+        value.append(ValueChange(name=y.name, sha256_before=x.sha256, sha256_after=y.sha256, rel_l2=rel,
                                  max_abs=max_abs))  # fmt: skip
 
     by_name = lambda item: item.name  # noqa: E731

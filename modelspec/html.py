@@ -294,7 +294,12 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
                 "blocks",
                 ["block", "used at", "tensors", "parameters"],
                 [
-                    [escape(b.name), _codes(b.sites) or "(unused)", str(b.tensors), f"{b.params:,}"]
+                    [
+                        escape(b.name),
+                        _codes([s or "(root)" for s in b.sites]) or "(unused)",
+                        str(b.tensors),
+                        f"{b.params:,}",
+                    ]
                     for b in report.blocks
                 ],
             ),

@@ -84,7 +84,8 @@ class TieGroup(_Frozen):
 
 
 class BlockSummary(_Frozen):
-    """A named block: where it is used and what it holds (counted once)."""
+    """A named block: where it is used and everything it holds, nested blocks included,
+    each tensor counted once. ``''`` in ``sites`` is the root: the model is the block."""
 
     name: str
     sites: list[str]
@@ -268,17 +269,17 @@ def _tie_groups(module: nn.Module, entries: list[TensorEntry], info: BuildInfo |
         by_id.setdefault(id(m), []).append(name)
     shared = {i: names for i, names in by_id.items() if len(names) > 1}
 
-    def inherited(name: str) -> bool:  # this name exists only because a parent is shared
-        parent = name.rpartition(".")[0] if "." in name else None
-        return parent is not None and id(modules[parent]) in shared
+    def slot(name: str) -> tuple[int, str]:  # (the parent object, the key it holds the module under)
+        parent, _, key = name.rpartition(".")
+        return id(modules[parent]), key
 
-    explained: set[str] = set()
     for names in shared.values():
-        if all(inherited(n) for n in names):
+        # A module reached under several names only because its parent is shared sits in
+        # one slot; one that sits in two slots is placed twice: a tie of its own.
+        if len({slot(n) for n in names}) < 2:
             continue
         prefixes = tuple(n + "." for n in names)
         tensors = [e for e in entries if any(a.startswith(prefixes) for a in e.aliases)]
-        explained.update(e.name for e in tensors)
         block = info.owner(names[0]) if info else None
         groups.append(
             TieGroup(
@@ -303,7 +304,8 @@ def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSum
         return []
     out = []
     for name, sites in info.block_sites.items():
-        mine = [e for e in entries if e.block == name]
+        prefixes = tuple(f"{site}." if site else "" for site in sites)  # '' : the root is the block
+        mine = [e for e in entries if prefixes and any(a.startswith(prefixes) for a in e.aliases)]
         out.append(
             BlockSummary(
                 name=name,

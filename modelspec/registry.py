@@ -100,6 +100,7 @@ class LayerType:
             "description": f"torch.nn.{self.name}({', '.join(self.param_names)}): {doc}",
             "anyOf": [
                 {"type": "null"} if not required else {"not": {}},
+                {"type": ["number", "string", "boolean"], "description": "the first argument alone"},
                 {
                     "type": "array",
                     "description": "positional arguments; a mapping last gives keywords",
@@ -238,6 +239,14 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
             )
     out: dict[str, Any] = {}
     by_name = {p.name: p for p in layer.params}
+    for p in layer.params:
+        if _takes_module(p.annotation) and (p.required or p.name in bound):
+            errors.append(ArgError(
+                "unsupported-argument", f"{layer.name} takes a module as '{p.name}'",
+                bound[p.name][1] if p.name in bound else (),
+                hint="modules as constructor arguments cannot be written in a spec yet",
+            ))  # fmt: skip
+            bound.pop(p.name, None)
     for name, (value, where) in bound.items():
         adapter = by_name[name].adapter
         if adapter is None:
@@ -260,9 +269,16 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
     return out, errors
 
 
+def _takes_module(annotation: Any) -> bool:
+    """Whether an annotation names an nn.Module class (also inside Optional/Union)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, nn.Module)
+    return any(_takes_module(arg) for arg in typing.get_args(annotation))
+
+
 def _type_hint(p: Param) -> str | None:
     ann = p.annotation
     if ann is _NO_CHECK:
         return None
-    text = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+    text = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
     return f"'{p.name}' takes {text}"

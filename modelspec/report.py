@@ -8,6 +8,7 @@ digits, rows in inventory order).
 from __future__ import annotations
 
 import csv
+import html
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]
     return out
 
 
+def _site(name: str) -> str:
+    """A module name as people read it; the root has the empty name."""
+    return name or "(root)"
+
+
 def _names(e: TensorEntry) -> str:
     return "<br>".join(f"`{a}`" for a in e.aliases)
 
@@ -42,7 +48,7 @@ def render_md(report: Report, depth: int | None = None) -> str:
     tensor (or, with ``depth``, subtotals per module at that depth), tie groups, blocks."""
     t = report.totals
     title = report.name or "model"
-    lines = [f"# Parameter report: {title}", ""]
+    lines = [f"# Parameter report: {html.escape(title)}", ""]
     if report.spec_sha256:
         lines += [
             f"Spec sha256 `{report.spec_sha256}` · modelspec {report.modelspec_version} · device `{report.device}`",
@@ -130,7 +136,7 @@ def _md_tail(report: Report) -> list[str]:
         lines += _md_table(
             ["block", "used at", "tensors", "parameters"],
             [
-                [b.name, ", ".join(f"`{s}`" for s in b.sites) or "(unused)", str(b.tensors), f"{b.params:,}"]
+                [b.name, ", ".join(f"`{_site(s)}`" for s in b.sites) or "(unused)", str(b.tensors), f"{b.params:,}"]
                 for b in report.blocks
             ],
         )
@@ -196,7 +202,8 @@ def _totals_lines(report: Report) -> list[str]:
 def render_text(report: Report, depth: int | None = None) -> str:
     """An aligned table for a terminal (fits 100 columns), then ties, blocks and totals."""
     t = report.totals
-    head = f"{report.name or 'model'}: {t.unique_params:,} parameters in {t.unique_tensors} tensors"
+    tensors = f"{t.unique_tensors} tensor{'' if t.unique_tensors == 1 else 's'}"
+    head = f"{report.name or 'model'}: {t.unique_params:,} parameters in {tensors}"
     head += f" (naive count {t.naive_params:,}; sharing saves {t.saved_by_sharing:,})"
     out = [head, ""]
     if depth is None:
@@ -233,7 +240,7 @@ def render_text(report: Report, depth: int | None = None) -> str:
     if report.blocks:
         out += ["", "blocks:"]
         for b in report.blocks:
-            used = ", ".join(b.sites) or "unused"
+            used = ", ".join(map(_site, b.sites)) or "nowhere (unused)"
             out.append(clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
     out += ["", "totals:", *_totals_lines(report)]
     return "\n".join(out) + "\n"

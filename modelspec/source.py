@@ -145,8 +145,15 @@ class _Converter:
                 self.errors.add("bad-key", "mapping keys must be plain scalars", path, at=_mark(key_node))
                 continue
             key = self.loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):
-                key = str(key) if not isinstance(key, bool) else str(key).lower()
+            if not isinstance(key, str):  # YAML 1.1 reads `on`, `no`, `1` as bool or number
+                self.errors.add(
+                    "bad-key",
+                    f"the key {key_node.value!r} is read by YAML as {type(key).__name__} {key!r}, not as a name",
+                    path,
+                    hint=f"quote it: '{key_node.value}'",
+                    at=_mark(key_node),
+                )
+                continue
             if key in out:
                 first = self.errors.positions.get((*path, key))
                 where = f" (first at line {first[0]})" if first else ""

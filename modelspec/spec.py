@@ -70,7 +70,7 @@ _Name = Annotated[str, Field(pattern=_NAME)]
 class InputSpec(BaseModel):
     """The example input: sizes lazy layers at build time and drives ``grads``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "8" is not a size
     shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="e.g. [2, 4]: batch 2, 4 features")
     dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
 
@@ -78,7 +78,7 @@ class InputSpec(BaseModel):
 class SpecFile(BaseModel):
     """A modelspec file: one model (``model``) or several sharing blocks (``models``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, title="modelspec")
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="modelspec")
     modelspec: Literal[1] = Field(description="format version of this file")
     name: str | None = Field(None, description="a name for reports")
     description: str | None = None
@@ -190,7 +190,7 @@ def parse(doc: Document) -> Spec:
         errors.add(
             "missing-key", "missing the format version key 'modelspec'", hint="add 'modelspec: 1' as the first line"
         )
-    elif data["modelspec"] != FORMAT_VERSION:
+    elif data["modelspec"] != FORMAT_VERSION or type(data["modelspec"]) is not int:  # 1.0 and true are not 1
         errors.add(
             "unknown-version",
             f"unknown format version {data['modelspec']!r}; this modelspec reads version {FORMAT_VERSION}",

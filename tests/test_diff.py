@@ -143,3 +143,35 @@ def test_diff_output_is_deterministic(tmp_path: Path, base) -> None:
     other = report_of(NET.replace("{Linear: [8, 1]}", "{Linear: [8, 3]}") + "  z: {Linear: [3, 2]}\n  y: ReLU\n")
     texts = {diff_reports(base, other).model_dump_json() for _ in range(3)}
     assert len(texts) == 1
+
+
+def test_renames_pair_by_kind_and_name_not_by_content_alone(tmp_path: Path) -> None:
+    a = modelspec.write_build(write(tmp_path, "modelspec: 1\nmodel:\n  bn1: {BatchNorm1d: 4}\n  bn2: {BatchNorm1d: 4}\n",
+                                    "a.yaml"), tmp_path / "a").report  # fmt: skip
+    b = modelspec.write_build(write(tmp_path, "modelspec: 1\nmodel:\n  x1: {BatchNorm1d: 4}\n  x2: {BatchNorm1d: 4}\n",
+                                    "b.yaml"), tmp_path / "b").report  # fmt: skip
+    d = diff_reports(a, b)
+    assert d.added == [] and d.removed == []
+    for r in d.renamed:
+        assert r.old.rpartition(".")[2] == r.new.rpartition(".")[2], r  # weight -> weight, never -> running_var
+    assert len(d.renamed) == 10
+
+
+def test_untied_tensor_values_are_compared(tmp_path: Path) -> None:
+    a = modelspec.write_build(D2L / "shared.yaml", tmp_path / "a")
+    net = a.module
+    net[4] = torch.nn.Linear(8, 8)  # a fresh, different layer where the shared one was
+    modelspec.save(
+        net,
+        tmp_path / "b",
+        spec=write(
+            tmp_path,
+            (D2L / "shared.yaml")
+            .read_text()
+            .replace("  - use: shared\n  - ReLU\n  - LazyLinear", "  - Linear: [8, 8]\n  - ReLU\n  - LazyLinear"),
+            "u.yaml",
+        ),
+    )
+    d = modelspec.diff(tmp_path / "a", tmp_path / "b")
+    assert {t.kind for t in d.tie} == {"unshared"}
+    assert {v.name for v in d.value} == {"4.weight", "4.bias"}

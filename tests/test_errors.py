@@ -107,6 +107,23 @@ MALFORMED: dict[str, tuple[str, str, int, str, str | None]] = {
     "empty-file": ("", "empty-spec", 1, "", "modelspec: 1"),
     "not-a-mapping": ("- ReLU\n", "wrong-type", 1, "", None),
     "input-shape-zero": (HEAD + "input: {shape: [0, 4]}\nmodel: [ReLU]\n", "wrong-type", 2, "input.shape[0]", None),
+    "input-shape-string": (HEAD + 'input: {shape: [2, "8"]}\nmodel: [ReLU]\n', "wrong-type", 2, "input.shape[1]", None),
+    "version-as-float": ("modelspec: 1.0\nmodel: [ReLU]\n", "unknown-version", 1, "modelspec", None),
+    "yaml-boolean-key": (HEAD + "model:\n  on: ReLU\n", "bad-key", 3, "model", "quote it"),
+    "module-argument": (
+        HEAD + "model:\n  - TransformerEncoder: [{TransformerEncoderLayer: [8, 2]}, 2]\n",
+        "unsupported-argument",
+        3,
+        "model[0].TransformerEncoder[0]",
+        "cannot be written",
+    ),
+    "container-name": (
+        HEAD + "model: {Sequential: [ReLU]}\n",
+        "unknown-layer",
+        2,
+        "model",
+        "write the layers as a list",
+    ),
 }
 
 
@@ -186,3 +203,50 @@ def test_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
 def test_dates_stay_strings(tmp_path: Path) -> None:
     spec = write(tmp_path, HEAD + "name: 2024-01-01\nmodel: [ReLU]\n")
     assert modelspec.compile_spec(spec).spec.name == "2024-01-01"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["build", "{spec}", "--dtype", "int64"], "cannot hold parameters"),
+        (["build", "{spec}", "--device", "bogus"], "unknown device"),
+        (["build", "{spec}", "--device", "cuda:7"], "cuda:7"),
+        (["report", "{spec}", "--device", "bogus"], "unknown device"),
+        (["grads", "{noparams}"], "no trainable parameters"),
+        (["grads", "{spec}", "--input", "{wrong}"], "does not fit the model"),
+        (["grads", "{spec}", "--batch", "0"], "expected a number >= 1"),
+        (["report", "{spec}", "-o", "{tmp}"], "is a folder"),
+        (["report", "{spec}", "-o", "{tmp}/no/such/file.txt"], "does not exist"),
+        (["schema", "--check", "{tmp}/nope"], "is not a folder"),
+    ],
+)
+def test_bad_options_exit_2_without_traceback(tmp_path: Path, argv: list[str], message: str) -> None:
+    import safetensors.torch
+    import torch
+
+    spec = write(tmp_path, HEAD + "input: {shape: [2, 4]}\nmodel: [{Linear: [4, 2]}]\n", "s.yaml")
+    noparams = write(tmp_path, HEAD + "input: {shape: [2, 4]}\nmodel: [ReLU]\n", "n.yaml")
+    wrong = tmp_path / "x.safetensors"
+    safetensors.torch.save_file({"input": torch.rand(3, 5)}, str(wrong))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = [a.format(spec=spec, noparams=noparams, wrong=wrong, tmp=tmp_path) for a in argv]
+    err = io.StringIO()
+    assert main(args, stdout=io.StringIO(), stderr=err) == 2
+    assert message in err.getvalue() and "Traceback" not in err.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp file left
+
+
+def test_build_refuses_folder_with_foreign_files(tmp_path: Path) -> None:
+    spec = write(tmp_path, HEAD + "model: [{Linear: [4, 2]}]\n", "s.yaml")
+    out = tmp_path / "out"
+    assert main(["build", str(spec), "-o", str(out)], stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    (out / "notes.txt").write_text("mine")
+    err = io.StringIO()
+    assert main(["build", str(spec), "-o", str(out)], stdout=io.StringIO(), stderr=err) == 2
+    assert "notes.txt" in err.getvalue() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_one_line_string_without_colon_is_a_path() -> None:
+    with pytest.raises(SpecError) as info:
+        modelspec.build("nosuchfile")
+    assert info.value.codes == ["file-error"]

@@ -76,3 +76,13 @@ def test_grads_with_input_file(tmp_path) -> None:
     assert main(["grads", str(D2L / "shared.yaml"), "--input", str(path), "--format", "json"], stdout=out,
                 stderr=io.StringIO()) == 0  # fmt: skip
     assert json.loads(out.getvalue())["input_shape"] == [6, 4]
+
+
+def test_grads_puts_running_statistics_back() -> None:
+    m = modelspec.build("modelspec: 1\ninput: {shape: [4, 3]}\nblocks:\n  s: {Linear: [3, 3]}\n"
+                        "model: [{use: s}, {BatchNorm1d: 3}, {use: s}]\n")  # fmt: skip
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    result = modelspec.grads(m, batch=8)
+    assert result.groups[0].max_rel_error < 1e-6
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k

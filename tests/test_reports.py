@@ -143,3 +143,35 @@ def test_report_cli_bad_input(tmp_path: Path) -> None:
 def test_graph_cli(fmt: str) -> None:
     rc, out, _ = run("graph", str(D2L / "shared_mlp.yaml"), "--format", fmt)
     assert rc == 0 and "shared_layer" in out
+
+
+NESTED = """
+modelspec: 1
+input: {shape: [2, 4]}
+blocks:
+  inner: {Linear: [4, 4]}
+  outer:
+    a: {use: inner}
+    b: {Linear: [4, 4]}
+    c: {use: inner}
+model:
+  body: [{use: outer}, {use: outer}]
+"""
+
+
+def test_block_shared_inside_a_shared_block_has_its_own_tie_group() -> None:
+    r = modelspec.report(modelspec.build(NESTED))
+    groups = {g.block: g for g in r.tie_groups}
+    assert set(groups) == {"outer", "inner"}
+    assert groups["inner"].sites == ["body.0.a", "body.0.c", "body.1.a", "body.1.c"]
+    assert groups["inner"].numel == 20 and groups["outer"].numel == 40
+    blocks = {b.name: b for b in r.blocks}
+    assert blocks["outer"].params == 40 and blocks["inner"].params == 20  # nested block included once
+    assert r.totals.unique_params == 40 and r.totals.naive_params == 120
+
+
+def test_root_that_is_a_block() -> None:
+    r = modelspec.report(modelspec.build("modelspec: 1\nblocks:\n  b: [{Linear: [4, 4]}, ReLU]\nmodel: {use: b}\n"))
+    (block,) = r.blocks
+    assert block.sites == [""] and block.params == 20
+    assert "used at (root)" in render_text(r)

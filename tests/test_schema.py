@@ -52,6 +52,15 @@ def test_schema_rejects_what_the_validator_rejects(bad: dict) -> None:
     assert list(_validator("modelspec.schema.json").iter_errors(bad))
 
 
+def test_schema_accepts_every_documented_layer_form() -> None:
+    forms = [{"Dropout": 0.1}, {"LazyLinear": 10}, "ReLU", {"Linear": [2, 3]}, {"Linear": {"in_features": 2, "out_features": 3}},
+             {"Conv2d": [3, 16, {"kernel_size": 3, "padding": 1}]}, {"use": "b"}, {"net": ["ReLU"]}]  # fmt: skip
+    for form in forms:
+        doc = {"modelspec": 1, "blocks": {"b": "ReLU"}, "model": [form]}
+        assert list(_validator("modelspec.schema.json").iter_errors(doc)) == [], form
+        modelspec.validate(yaml.safe_dump(doc))
+
+
 def test_schema_offers_layer_names_and_arguments_for_completion() -> None:
     schema = json.loads((SCHEMAS / "modelspec.schema.json").read_text())
     linear = schema["$defs"]["layer.Linear"]["properties"]["Linear"]
