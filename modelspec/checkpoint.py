@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -154,13 +155,16 @@ def load_checkpoint(module: nn.Module, path: Path, *, spec_sha256: str | None = 
         missing = sorted(set(targets) - set(data))
         extra = sorted(set(data) - set(targets))
         problems.append(f"tensor names differ (missing: {missing[:5]}, unexpected: {extra[:5]})")
-    for name in sorted(set(data) & set(targets)):
+    common = sorted(set(data) & set(targets))
+    with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: verify in parallel
+        hashes = dict(zip(common, pool.map(lambda n: sha256_of(data[n]), common), strict=True))
+    for name in common:
         src, dst = data[name], targets[name]
         if src.shape != dst.shape or (
             src.dtype != dst.dtype and not (src.is_floating_point() and dst.is_floating_point())
         ):
             problems.append(f"{name}: file has {list(src.shape)} {src.dtype}, model has {list(dst.shape)} {dst.dtype}")
-        elif digests.get(name) != sha256_of(src):
+        elif digests.get(name) != hashes[name]:
             problems.append(f"{name}: checksum mismatch (the file is damaged)")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
