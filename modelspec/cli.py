@@ -26,7 +26,7 @@ from .files import atomic_write_text
 from .grads import render_grads_text
 from .graph import to_dot, to_mermaid, to_svg
 from .html import render_html
-from .report import render_csv, render_json, render_md, render_text
+from .report import render_csv, render_json, render_md, render_text, summary_line
 from .schema import SCHEMA_FILES, render_schemas, write_schemas
 
 __all__ = ["main"]
@@ -220,10 +220,6 @@ class _ProgressBar:
             self.err.write("\n")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
     for d in diags:
         print(str(d), file=stderr)
@@ -250,8 +246,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(
             f"built {spec_path} -> {target}/\n"
-            f"  {t.unique_params:,} parameters in {_plural(t.unique_tensors, 'tensor')}"
-            f" (naive count {t.naive_params:,}; sharing saves {t.saved_by_sharing:,})\n"
+            f"  {summary_line(result.report)}\n"
             f"  files: {', '.join(sorted(p.name for p in target.iterdir()))}\n"
         )
     return EXIT_OK
