@@ -1,5 +1,5 @@
 # Two commands do all setup on a fresh machine:
-#   make demo   builds a bundled example spec and prints its parameter report
+#   make demo   builds a bundled example spec and prints its parameter inventory
 #   make test   runs ruff, the schema check and the test suite
 # Both create .venv and install what they need. torch is pinned to the CPU wheel first
 # so that pip never pulls a multi-GB CUDA build; the package itself asks for torch>=2.4.
@@ -23,7 +23,8 @@ install: $(BIN)/modelspec
 demo: install
 	$(BIN)/modelspec build specs/d2l/shared.yaml -o build/d2l-shared
 	@echo
-	@cat build/d2l-shared/report.md
+	$(BIN)/modelspec report build/d2l-shared
+	@echo "open build/d2l-shared/report.html in a browser for the diagram and the sortable table"
 
 test: install
 	$(BIN)/ruff check modelspec tests benchmarks
