@@ -361,18 +361,19 @@ def diff(a: str | os.PathLike[str] | Report, b: str | os.PathLike[str] | Report,
     When both sides are build folders, value changes carry the relative L2 change and
     the max abs change per tensor.
     """
-    ta = a if isinstance(a, Report) else open_target(a, device="meta" if _is_spec(a) else "cpu")
-    tb = b if isinstance(b, Report) else open_target(b, device="meta" if _is_spec(b) else "cpu")
-    ra = ta if isinstance(ta, Report) else ta.report
-    rb = tb if isinstance(tb, Report) else tb.report
-    wa = None if isinstance(ta, Report) else ta.weights
-    wb = None if isinstance(tb, Report) else tb.weights
+    ra, wa = _diff_side(a)
+    rb, wb = _diff_side(b)
     return diff_reports(ra, rb, structure_only=structure_only, weights_a=wa, weights_b=wb)
 
 
-def _is_spec(path: str | os.PathLike[str]) -> bool:
-    p = Path(path)
-    return not p.is_dir() and p.suffix != ".json"
+def _diff_side(side: str | os.PathLike[str] | Report) -> tuple[Report, Callable[[str], torch.Tensor] | None]:
+    """A side of a diff: its report, and its weights when it is a build folder."""
+    if isinstance(side, Report):
+        return side, None
+    path = Path(side)
+    is_spec = not path.is_dir() and path.suffix != ".json"
+    target = open_target(path, device="meta" if is_spec else "cpu")  # a spec: structure only
+    return target.report, target.weights
 
 
 def grads(module: nn.Module, x: torch.Tensor | None = None, *, batch: int | None = None, loss: Loss = "sum",

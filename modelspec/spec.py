@@ -210,9 +210,7 @@ def parse(doc: Document) -> Spec:
     elif "model" not in data and "models" not in data:
         errors.add("missing-key", "the spec defines no model", hint="add 'model:' (or 'models:' for several)")
     known = {k: v for k, v in data.items() if k in SpecFile.model_fields}
-    known.setdefault("modelspec", FORMAT_VERSION)  # reported above; keep checking the rest
-    if known["modelspec"] != FORMAT_VERSION:
-        known["modelspec"] = FORMAT_VERSION
+    known["modelspec"] = FORMAT_VERSION  # checked above; go on checking the rest
     top: SpecFile | None = None
     try:
         top = SpecFile.model_validate(known)
