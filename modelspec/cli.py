@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("target", metavar="SPEC|BUILD_DIR|REPORT_JSON")
     r.add_argument("--format", choices=("text", "md", "json", "csv", "html"), default="text")
     r.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
-    r.add_argument("--depth", type=_natural, metavar="N", help="fold the table at module depth N (text, md)")
+    r.add_argument("--depth", type=_natural, metavar="N", help="fold at module depth N (text, md; html: the diagram)")
     r.add_argument("--device", default="cpu", help="device for building a spec; 'meta' gives structure only")
     r.add_argument("--histograms", metavar="DIR", help="also save value histograms as PNG (needs matplotlib)")
     r.add_argument("--by", choices=("tensor", "block"), default="tensor", help="one histogram per tensor or block")
@@ -311,7 +311,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "md": lambda: render_md(rep, depth=args.depth),
         "json": lambda: render_json(rep),
         "csv": lambda: render_csv(rep),
-        "html": lambda: render_html(rep),
+        "html": lambda: render_html(rep, depth=args.depth),
     }
     _emit(renderers[args.format](), args.out, out, err)
     return EXIT_OK

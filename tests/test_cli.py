@@ -13,7 +13,7 @@ from conftest import D2L
 
 from modelspec.cli import main
 
-COMMANDS = ["build", "validate", "schema"]
+COMMANDS = ["build", "validate", "schema", "report", "diff", "grads", "graph"]
 
 
 def run(*argv: str) -> tuple[int, str, str]:

@@ -175,3 +175,24 @@ def test_untied_tensor_values_are_compared(tmp_path: Path) -> None:
     d = modelspec.diff(tmp_path / "a", tmp_path / "b")
     assert {t.kind for t in d.tie} == {"unshared"}
     assert {v.name for v in d.value} == {"4.weight", "4.bias"}
+
+
+def test_regrouped_ties() -> None:
+    two_blocks = """
+modelspec: 1
+blocks:
+  s: {Linear: [4, 4]}
+  t: {Linear: [4, 4]}
+model:
+  a: {use: s}
+  b: {use: S2}
+  c: {use: T1}
+  d: {use: t}
+"""
+    before = report_of(two_blocks.replace("S2", "s").replace("T1", "t"))  # s at a, b; t at c, d
+    after = report_of(two_blocks.replace("S2", "t").replace("T1", "s"))  # s at a, c; t at b, d
+    d = diff_reports(before, after, structure_only=True)
+    assert {t.kind for t in d.tie} == {"regrouped"}
+    weights = next(t for t in d.tie if "a.weight" in t.before[0])
+    assert weights.before == [["a.weight", "b.weight"], ["c.weight", "d.weight"]]
+    assert weights.after == [["a.weight", "c.weight"], ["b.weight", "d.weight"]]
