@@ -175,3 +175,13 @@ def test_root_that_is_a_block() -> None:
     (block,) = r.blocks
     assert block.sites == [""] and block.params == 20
     assert "used at (root)" in render_text(r)
+
+
+def test_report_histograms_cli(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    rc, _, err = run("report", str(D2L / "shared.yaml"), "--histograms", str(tmp_path / "h"), "--by", "block")
+    assert rc == 0 and "histogram" in err
+    assert sorted(p.suffix for p in (tmp_path / "h").iterdir()) == [".png"] * len(list((tmp_path / "h").iterdir()))
+    assert len(list((tmp_path / "h").iterdir())) >= 1
+    rc, _, err = run("report", str(D2L / "shared.yaml"), "--device", "meta", "--histograms", str(tmp_path / "m"))
+    assert rc == 2 and "need values" in err
