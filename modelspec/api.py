@@ -5,6 +5,7 @@ Library code here never prints; it returns values or raises a ModelspecError.
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import weakref
@@ -337,12 +338,14 @@ def open_target(
     if p.is_dir():
         module = load(p)
         ckpt = p / CHECKPOINT_FILE
+        verified = json.loads(read_metadata(ckpt)["sha256"])  # load() just checked every one
 
         def weights(name: str) -> torch.Tensor:
             with safetensors.safe_open(str(ckpt), framework="pt") as f:
                 return f.get_tensor(name)
 
-        return Target(report(module, progress=progress), module, weights)
+        rep = inventory(module, _INFO.get(module), progress=progress, known_hashes=verified)
+        return Target(rep, module, weights)
     if p.suffix == ".json":
         try:
             return Target(Report.model_validate_json(p.read_bytes()), None, None)

@@ -168,6 +168,7 @@ def inventory(
     values: bool = True,
     threads: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    known_hashes: dict[str, str] | None = None,
 ) -> Report:
     """Inventory every unique parameter and buffer of ``module``.
 
@@ -175,7 +176,8 @@ def inventory(
     thread (hashlib releases the GIL), so hashing dominates the time. With
     ``values=False`` (and always on ``meta``) only structure is reported: no
     statistics, no checksums. ``progress(done_bytes, total_bytes)`` is called as
-    tensors are finished.
+    tensors are finished. ``known_hashes`` (canonical name -> sha256) are checksums
+    the caller has just verified, e.g. while loading a checkpoint: not computed again.
     """
     params = _group(list(module.named_parameters(remove_duplicate=False)))
     buffers = _group(list(module.named_buffers(remove_duplicate=False)))
@@ -193,7 +195,8 @@ def inventory(
         stats = [None] * len(everything)
     else:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            futures = [pool.submit(sha256_of, t) for t, _, _ in everything]
+            known = known_hashes or {}
+            futures = [None if names[0] in known else pool.submit(sha256_of, t) for t, names, _ in everything]
             total = sum(t.numel() * t.element_size() for t, _, _ in everything)
             stats, done = [], 0
             for t, _, _ in everything:  # statistics here while the pool hashes
@@ -201,7 +204,10 @@ def inventory(
                 done += t.numel() * t.element_size()
                 if progress is not None and done < total:
                     progress(done, total)
-            hashes = [f.result() for f in futures]
+            hashes = [
+                known[names[0]] if f is None else f.result()
+                for f, (_, names, _) in zip(futures, everything, strict=True)
+            ]
             if progress is not None:
                 progress(total, total)
 
