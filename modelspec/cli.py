@@ -206,7 +206,6 @@ class _ProgressBar:
     def __init__(self, err: TextIO, label: str, min_bytes: int = 256 << 20) -> None:
         self.err, self.label, self.min_bytes = err, label, min_bytes
         self.enabled = err.isatty()
-        self.shown = False
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or total < self.min_bytes:
@@ -215,7 +214,6 @@ class _ProgressBar:
         filled = width * done // max(total, 1)
         self.err.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done >> 20}/{total >> 20} MiB")
         self.err.flush()
-        self.shown = True
         if done >= total:
             self.err.write("\n")
 

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from .inventory import Report, TensorEntry, Totals
+from .inventory import FrozenModel, Report, TensorEntry, Totals
 
 __all__ = ["KINDS", "Diff", "diff_reports"]
 
@@ -25,11 +25,7 @@ KINDS = ("added", "removed", "renamed", "shape", "dtype", "tie", "value", "train
 WeightSource = Callable[[str], torch.Tensor]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TensorRef(_Frozen):
+class TensorRef(FrozenModel):
     name: str
     aliases: list[str]
     shape: list[int]
@@ -37,13 +33,13 @@ class TensorRef(_Frozen):
     numel: int
 
 
-class Rename(_Frozen):
+class Rename(FrozenModel):
     old: str
     new: str
     shape: list[int]
 
 
-class Change(_Frozen):
+class Change(FrozenModel):
     """One attribute of one tensor that differs (shape, dtype or trainable flag)."""
 
     name: str
@@ -51,7 +47,7 @@ class Change(_Frozen):
     after: str
 
 
-class ValueChange(_Frozen):
+class ValueChange(FrozenModel):
     name: str
     sha256_before: str
     sha256_after: str
@@ -59,7 +55,7 @@ class ValueChange(_Frozen):
     max_abs: float | None = Field(None, description="max |after - before|, when both have weights")
 
 
-class TieChange(_Frozen):
+class TieChange(FrozenModel):
     """Names that were grouped one way and are now grouped another way.
 
     ``kind``: ``shared`` (separate tensors became one), ``unshared`` (one tensor became
@@ -72,17 +68,17 @@ class TieChange(_Frozen):
     after: list[list[str]]
 
 
-class Diff(_Frozen):
+class Diff(FrozenModel):
     """The differences between two reports, A (before) and B (after)."""
 
-    added: list[TensorRef] = []
-    removed: list[TensorRef] = []
-    renamed: list[Rename] = []
-    shape: list[Change] = []
-    dtype: list[Change] = []
-    trainable: list[Change] = []
-    tie: list[TieChange] = []
-    value: list[ValueChange] = []
+    added: list[TensorRef] = Field(default_factory=list)
+    removed: list[TensorRef] = Field(default_factory=list)
+    renamed: list[Rename] = Field(default_factory=list)
+    shape: list[Change] = Field(default_factory=list)
+    dtype: list[Change] = Field(default_factory=list)
+    trainable: list[Change] = Field(default_factory=list)
+    tie: list[TieChange] = Field(default_factory=list)
+    value: list[ValueChange] = Field(default_factory=list)
     totals_before: Totals
     totals_after: Totals
     structure_only: bool = False

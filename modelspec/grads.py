@@ -18,30 +18,26 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from .build import DTYPES, BuildInfo
 from .errors import UsageError
 from .fmt import text_table
-from .inventory import inventory
+from .inventory import FrozenModel, inventory
 
 __all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
 
 Loss = Literal["sum", "mse"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class TensorGrad(_Frozen):
+class TensorGrad(FrozenModel):
     name: str
     aliases: list[str]
     numel: int
     grad_norm: float | None = Field(description="L2 norm of .grad; None when no gradient reached it")
 
 
-class SiteGrad(_Frozen):
+class SiteGrad(FrozenModel):
     """What one call at one use site contributed to each tied tensor's gradient."""
 
     site: str
@@ -49,7 +45,7 @@ class SiteGrad(_Frozen):
     norms: dict[str, float] = Field(description="tensor -> L2 norm of this call's contribution")
 
 
-class GroupGrads(_Frozen):
+class GroupGrads(FrozenModel):
     """A tie group: its per-use contributions, their sum, and ``.grad``."""
 
     kind: Literal["module", "parameter"]
@@ -65,7 +61,7 @@ class GroupGrads(_Frozen):
         return max(self.rel_error.values(), default=0.0)
 
 
-class GradReport(_Frozen):
+class GradReport(FrozenModel):
     loss: Loss
     loss_value: float
     input_shape: list[int]

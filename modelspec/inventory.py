@@ -37,11 +37,13 @@ __all__ = [
 REPORT_VERSION = 1
 
 
-class _Frozen(BaseModel):
+class FrozenModel(BaseModel):
+    """Base of every report model: immutable, and unknown fields are errors."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TensorStats(_Frozen):
+class TensorStats(FrozenModel):
     """Summary statistics in float64; ``None`` where non-finite values make them meaningless."""
 
     mean: float | None
@@ -52,7 +54,7 @@ class TensorStats(_Frozen):
     nonfinite: int = Field(0, description="number of NaN/inf elements")
 
 
-class TensorEntry(_Frozen):
+class TensorEntry(FrozenModel):
     """One unique tensor (a parameter or a buffer), listed once however many names reach it."""
 
     name: str = Field(description="canonical name: the first in PyTorch's traversal order")
@@ -69,7 +71,7 @@ class TensorEntry(_Frozen):
     sha256: str | None = Field(description="sha256 of the raw bytes in C order; None on meta")
 
 
-class TieGroup(_Frozen):
+class TieGroup(FrozenModel):
     """Tensors that are one object under several names.
 
     ``kind="module"``: one module placed at several ``sites`` (a named block);
@@ -83,7 +85,7 @@ class TieGroup(_Frozen):
     numel: int = Field(description="elements stored once for the group")
 
 
-class BlockSummary(_Frozen):
+class BlockSummary(FrozenModel):
     """A named block: where it is used and everything it holds, nested blocks included,
     each tensor counted once. ``''`` in ``sites`` is the root: the model is the block."""
 
@@ -93,7 +95,7 @@ class BlockSummary(_Frozen):
     params: int
 
 
-class Totals(_Frozen):
+class Totals(FrozenModel):
     """Model-wide counts; ``naive_params - unique_params == saved_by_sharing``."""
 
     unique_params: int = Field(description="parameter elements, each tensor counted once")
@@ -110,7 +112,7 @@ class Totals(_Frozen):
     )
 
 
-class ModuleEntry(_Frozen):
+class ModuleEntry(FrozenModel):
     """One unique module; a shared one is listed once with every name that reaches it."""
 
     name: str = Field(description="canonical name ('' for the root)")
@@ -120,7 +122,7 @@ class ModuleEntry(_Frozen):
     params: int = Field(description="parameter elements held directly (not by children)")
 
 
-class ChildSummary(_Frozen):
+class ChildSummary(FrozenModel):
     """A top-level child of the model (a model of a multi-model spec, or a layer)."""
 
     name: str
@@ -130,7 +132,7 @@ class ChildSummary(_Frozen):
     shared_params: int = Field(description="of those, elements also reachable from another top-level child")
 
 
-class Report(_Frozen):
+class Report(FrozenModel):
     """The parameter inventory of a model (``report.json``)."""
 
     format: Literal["modelspec-report"] = "modelspec-report"

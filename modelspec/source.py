@@ -48,12 +48,11 @@ _Loader.yaml_implicit_resolvers = {
 
 @dataclass(frozen=True)
 class Document:
-    """A loaded spec: plain data, the (line, column) of every node, and the source."""
+    """A loaded spec: plain data, the (line, column) of every node, and the file name."""
 
     data: Any
     positions: dict[SpecPath, tuple[int, int]]
     file: str
-    text: str
 
 
 class _TooBig(Exception):
@@ -96,7 +95,7 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     except _TooBig as e:
         errors.add("alias-limit", str(e), hint="write the structure out, or use fewer aliases")
     errors.raise_if_errors()
-    return Document(data=data, positions=errors.positions, file=file, text=text)
+    return Document(data=data, positions=errors.positions, file=file)
 
 
 class _Converter:
