@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt2 import gpt2_small
 
 import modelspec
-from modelspec.checkpoint import save_checkpoint, unique_state
-from modelspec.diff import diff_reports
+from modelspec._checkpoint import save_checkpoint, unique_state
+from modelspec._diff import diff_reports
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:
@@ -129,7 +129,7 @@ def main() -> int:
             fresh.load_state_dict(safetensors.torch.load_file(str(a)), strict=False)
 
         # modelspec.load on a spec-built model: emulate with load_checkpoint into a fresh module
-        from modelspec.checkpoint import load_checkpoint
+        from modelspec._checkpoint import load_checkpoint
 
         def ours_load() -> None:
             load_checkpoint(gpt2_small(), b)

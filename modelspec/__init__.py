@@ -6,10 +6,9 @@
 True
 """
 
-from ._version import __version__
-from .api import build, build_info, compile_spec, diff, grads, load, report, save, validate, write_build
-from .build import BuildInfo
-from .errors import (
+from ._api import build, build_info, compile_spec, diff, grads, load, report, save, validate, write_build
+from ._build import BuildInfo
+from ._errors import (
     BuildDirError,
     CheckpointError,
     Diagnostic,
@@ -19,7 +18,8 @@ from .errors import (
     TieMismatchError,
     UsageError,
 )
-from .inventory import Report
+from ._inventory import Report
+from ._version import __version__
 
 __all__ = [
     "BuildDirError",

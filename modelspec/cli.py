@@ -1,7 +1,8 @@
 """The ``modelspec`` command line. Parses arguments, calls :mod:`modelspec.api`, prints.
 
-Exit codes: 0 ok, 1 differences found (``schema --check``), 2 bad input (the message
-on stderr says where and why; nothing is written).
+Exit codes: 0 ok, 1 differences found (``diff``, ``schema --check``), 2 bad input (the
+message on stderr says where and why, with a stable code; nothing is written), 70 an
+internal error (a bug in modelspec: the message says so and asks for a report).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -18,20 +21,20 @@ import safetensors
 import safetensors.torch
 import torch
 
-from . import api
+from . import _api as api
+from ._diff import KINDS, render_diff_json, render_diff_md, render_diff_text
+from ._errors import Diagnostic, ModelspecError, SpecError
+from ._files import atomic_write_text
+from ._grads import render_grads_text
+from ._graph import to_dot, to_mermaid, to_svg
+from ._html import render_html
+from ._report import render_csv, render_json, render_md, render_text, summary_line
+from ._schema import SCHEMA_FILES, render_schemas, write_schemas
 from ._version import __version__
-from .diff import KINDS, render_diff_json, render_diff_md, render_diff_text
-from .errors import Diagnostic, ModelspecError, SpecError
-from .files import atomic_write_text
-from .grads import render_grads_text
-from .graph import to_dot, to_mermaid, to_svg
-from .html import render_html
-from .report import render_csv, render_json, render_md, render_text, summary_line
-from .schema import SCHEMA_FILES, render_schemas, write_schemas
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_DIFF, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_DIFF, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
 FORMATS = ("text", "json", "md")
 
 
@@ -48,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         "  modelspec grads specs/d2l/shared.yaml\n"
         "  modelspec graph specs/d2l/shared_mlp.yaml --format dot\n"
         "  modelspec schema -o schemas\n\n"
-        "exit codes: 0 ok, 1 differences found, 2 bad input",
+        "exit codes: 0 ok, 1 differences found, 2 bad input, 70 internal error (a bug: please report it)",
     )
     p.add_argument("--version", action="version", version=f"modelspec {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -300,7 +303,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.histograms:
         if target.module is None or rep.device == "meta":
             raise ModelspecError("histograms need values: give a spec or a build folder, not a report or meta")
-        from .plots import save_histograms
+        from ._plots import save_histograms
 
         files = save_histograms(target.module, rep, Path(args.histograms), by=args.by)
         print(f"wrote {len(files)} histogram(s) to {args.histograms}", file=err)
@@ -376,12 +379,25 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         wrote = "; nothing was written" if args.command == "build" else ""
         print(f"modelspec: {n} error{'s' if n != 1 else ''}{wrote}", file=err)
         return EXIT_BAD_INPUT
-    except (ModelspecError, ValueError, OSError) as e:
-        print(f"modelspec: error: {e}", file=err)
+    except ModelspecError as e:
+        print(f"modelspec: error[{e.code}]: {e}", file=err)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # the file system said no: a path, a permission, a full disk
+        print(f"modelspec: error[os-error]: {e}", file=err)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("modelspec: interrupted", file=err)
         return 130
+    except Exception as e:  # noqa: BLE001 - anything else is modelspec's own bug, not bad input
+        print(
+            f"modelspec: internal error: {type(e).__name__}: {e}\n"
+            "This is a bug in modelspec, not a problem with your input. Please report it with the\n"
+            "command line and the spec; run with MODELSPEC_DEBUG=1 for the traceback.",
+            file=err,
+        )
+        if os.environ.get("MODELSPEC_DEBUG"):
+            traceback.print_exc(file=err)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,7 +13,7 @@ from conftest import D2L, write
 from torch import nn
 
 import modelspec
-from modelspec.errors import BuildDirError, CheckpointError, TieMismatchError
+from modelspec._errors import BuildDirError, CheckpointError, TieMismatchError
 
 
 def _assert_bitwise_equal(a: nn.Module, b: nn.Module) -> None:
@@ -148,7 +148,7 @@ def test_load_detects_spec_edited_after_build(tmp_path: Path) -> None:
 
 
 def _rewrite_metadata(path: Path, **changes: str) -> None:
-    from modelspec.checkpoint import write_safetensors
+    from modelspec._checkpoint import write_safetensors
 
     with safetensors.safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # clone: the file is memory-mapped
@@ -206,7 +206,7 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("modelspec.api.save_checkpoint", boom)
+    monkeypatch.setattr("modelspec._api.save_checkpoint", boom)
     with pytest.raises(OSError):
         modelspec.write_build(D2L / "net.yaml", out)
     assert list(tmp_path.iterdir()) == []

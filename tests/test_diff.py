@@ -11,8 +11,8 @@ import torch
 from conftest import D2L, write
 
 import modelspec
+from modelspec._diff import diff_reports
 from modelspec.cli import main
-from modelspec.diff import diff_reports
 
 NET = """
 modelspec: 1

@@ -10,8 +10,8 @@ import pytest
 from conftest import write
 
 import modelspec
+from modelspec._errors import SpecError
 from modelspec.cli import main
-from modelspec.errors import SpecError
 
 HEAD = "modelspec: 1\n"
 

@@ -17,8 +17,8 @@ from conftest import D2L
 from torch import nn
 
 import modelspec
-from modelspec.graph import to_dot, to_mermaid, to_svg
-from modelspec.inventory import Report
+from modelspec._graph import to_dot, to_mermaid, to_svg
+from modelspec._inventory import Report
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 

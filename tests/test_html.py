@@ -24,8 +24,8 @@ from test_graph import TiedHead, hostile_report
 from torch import nn
 
 import modelspec
-from modelspec.html import render_html
-from modelspec.inventory import Report
+from modelspec._html import render_html
+from modelspec._inventory import Report
 
 
 class Page(HTMLParser):

@@ -13,8 +13,8 @@ from conftest import D2L
 from torch import nn
 
 import modelspec
-from modelspec.errors import ModelspecError
-from modelspec.plots import INSTALL_HINT, save_histograms
+from modelspec._errors import ModelspecError
+from modelspec._plots import INSTALL_HINT, save_histograms
 
 
 def built(name: str) -> tuple[nn.Module, modelspec.Report]:
@@ -40,7 +40,7 @@ def test_missing_matplotlib_raises_the_install_hint(monkeypatch: pytest.MonkeyPa
 
 
 def test_importing_plots_does_not_import_matplotlib() -> None:
-    code = "import sys, modelspec.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, modelspec._plots; print('matplotlib' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert run.stdout.strip() == "False"
 

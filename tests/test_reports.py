@@ -18,9 +18,9 @@ import torch
 from conftest import D2L, SEED_MODELS, bundled_specs
 
 import modelspec
+from modelspec._diff import diff_reports
+from modelspec._report import render_json, render_md, render_text
 from modelspec.cli import main
-from modelspec.diff import diff_reports
-from modelspec.report import render_json, render_md, render_text
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("MODELSPEC_UPDATE_GOLDEN") == "1"

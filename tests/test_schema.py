@@ -11,7 +11,7 @@ import yaml
 from conftest import ROOT, bundled_specs
 
 import modelspec
-from modelspec.schema import SCHEMA_FILES, render_schemas
+from modelspec._schema import SCHEMA_FILES, render_schemas
 
 SCHEMAS = ROOT / "schemas"
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from modelspec.stats import sha256_of, summarize
+from modelspec._stats import sha256_of, summarize
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
+from ._errors import CheckpointError
+from ._stats import raw_bytes, sha256_of
 from ._version import __version__
-from .errors import CheckpointError
-from .stats import raw_bytes, sha256_of
 
 __all__ = ["FORMAT", "load_checkpoint", "read_metadata", "save_checkpoint", "unique_state"]
 

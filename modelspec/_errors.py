@@ -96,18 +96,31 @@ class Diagnostic:
 
 
 class ModelspecError(Exception):
-    """Base class of every error modelspec raises."""
+    """Base class of every error modelspec raises.
+
+    ``code`` is stable (tests and scripts match on it, never on the message): each class
+    has a default and a raise site may give a more precise one, e.g.
+    ``CheckpointError("...", code="checksum-mismatch")``.
+    """
+
+    default_code = "error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code: str = code or self.default_code
 
 
 class SpecError(ModelspecError):
     """The spec is invalid. ``diagnostics`` holds every error found, ranked by position."""
+
+    default_code = "spec"
 
     def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
         ranked = sorted(diagnostics, key=lambda d: (d.file, d.line or 0, d.column or 0, d.code))
         self.diagnostics: tuple[Diagnostic, ...] = tuple(ranked)
         count = len(self.diagnostics)
         head = f"{count} error{'s' if count != 1 else ''} in spec"
-        super().__init__(head + ":\n" + "\n".join(str(d) for d in self.diagnostics))
+        super().__init__(head + ":\n" + "\n".join(str(d) for d in self.diagnostics), code=self.default_code)
 
     @property
     def codes(self) -> list[str]:
@@ -121,17 +134,25 @@ class SpecWarning(UserWarning):
 class UsageError(ModelspecError, ValueError):
     """An argument is invalid: an unknown device or dtype, an input tensor that does not fit."""
 
+    default_code = "usage"
+
 
 class BuildDirError(ModelspecError):
     """A build folder is missing, incomplete, or not written by modelspec."""
+
+    default_code = "build-dir"
 
 
 class CheckpointError(ModelspecError):
     """A checkpoint is corrupt: checksums, tensor names or tie map do not match."""
 
+    default_code = "checkpoint"
+
 
 class TieMismatchError(ModelspecError):
     """A module's parameter sharing no longer matches the spec it was built from."""
+
+    default_code = "tie-mismatch"
 
 
 @dataclass

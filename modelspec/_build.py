@@ -22,10 +22,10 @@ import torch
 import torch.nn as nn
 from torch.nn.parameter import UninitializedParameter
 
-from . import registry
-from .errors import Collector, SpecPath, format_path
-from .resolve import Resolved
-from .spec import Children, Layer, Node, Seq, Spec, Use
+from . import _registry as registry
+from ._errors import Collector, SpecPath, format_path
+from ._resolve import Resolved
+from ._spec import Children, Layer, Node, Seq, Spec, Use
 
 __all__ = ["DTYPES", "BuildInfo", "build_module"]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import Collector, SpecPath
+from ._errors import Collector, SpecPath
 
 __all__ = ["MAX_DEPTH", "MAX_NODES", "Document", "load_text"]
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn as nn
 
-from .errors import ModelspecError
-from .fmt import fmt_float
-from .inventory import Report, TensorEntry
+from ._errors import ModelspecError
+from ._fmt import fmt_float
+from ._inventory import Report, TensorEntry
 
 if TYPE_CHECKING:  # only for annotations; importing matplotlib here would defeat the optional extra
     from matplotlib.figure import Figure

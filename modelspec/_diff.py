@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .inventory import FrozenModel, Report, TensorEntry, Totals
+from ._inventory import FrozenModel, Report, TensorEntry, Totals
 
 __all__ = ["KINDS", "Diff", "diff_reports"]
 

@@ -13,9 +13,9 @@ import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .fmt import clip, fmt_float, human_bytes, text_table
-from .graph import to_mermaid
-from .inventory import Report, TensorEntry
+from ._fmt import clip, fmt_float, human_bytes, text_table
+from ._graph import to_mermaid
+from ._inventory import Report, TensorEntry
 
 __all__ = ["CSV_COLUMNS", "Fold", "fold", "render_csv", "render_json", "render_md", "render_text", "summary_line"]
 

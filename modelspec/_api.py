@@ -19,18 +19,18 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .build import DTYPES, BuildInfo, build_module
-from .checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
-from .diff import Diff, diff_reports
-from .errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
-from .files import atomic_dir
-from .grads import GradReport, Loss, example_batch, gradients
-from .html import render_html
-from .inventory import Report, inventory
-from .report import render_json, render_md
-from .resolve import Resolved, resolve
-from .source import load_text
-from .spec import Spec, parse
+from ._build import DTYPES, BuildInfo, build_module
+from ._checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
+from ._diff import Diff, diff_reports
+from ._errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
+from ._files import atomic_dir
+from ._grads import GradReport, Loss, example_batch, gradients
+from ._html import render_html
+from ._inventory import Report, inventory
+from ._report import render_json, render_md
+from ._resolve import Resolved, resolve
+from ._source import load_text
+from ._spec import Spec, parse
 
 __all__ = [
     "CHECKPOINT_FILE",

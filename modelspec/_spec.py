@@ -32,9 +32,9 @@ import pydantic
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from . import registry
-from .errors import Collector, Diagnostic, SpecPath, did_you_mean
-from .source import Document
+from . import _registry as registry
+from ._errors import Collector, Diagnostic, SpecPath, did_you_mean
+from ._source import Document
 
 __all__ = [
     "FORMAT_VERSION",

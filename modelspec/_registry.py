@@ -188,7 +188,7 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
     Returns the arguments bound by name (validated values, e.g. lists made tuples where
     the constructor wants tuples) and every problem found.
     """
-    from .errors import did_you_mean
+    from ._errors import did_you_mean
 
     errors: list[ArgError] = []
     bound: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """One self-contained HTML page for a :class:`~modelspec.inventory.Report`.
 
 The page works offline and from ``file://``: CSS and a small vanilla script are inline,
-the diagram is the inline SVG of :func:`modelspec.graph.to_svg`, and a Content Security
+the diagram is the inline SVG of :func:`modelspec._graph.to_svg`, and a Content Security
 Policy forbids every network fetch, so even a hostile name in a report could not make
 the page load anything. All report text is HTML-escaped; the script embeds no data (it
 reads the table it enhances), so nothing from the report ever reaches JavaScript source.
@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from .fmt import fmt_float, human_bytes
-from .graph import to_svg
-from .inventory import Report, TensorEntry
+from ._fmt import fmt_float, human_bytes
+from ._graph import to_svg
+from ._inventory import Report, TensorEntry
 
 __all__ = ["render_html"]
 
@@ -217,7 +217,7 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
 
     Args:
         report: the parameter inventory (``modelspec.report(module)`` or a loaded report.json).
-        depth: fold the diagram at this module depth (see :func:`modelspec.graph.to_svg`).
+        depth: fold the diagram at this module depth (see :func:`modelspec._graph.to_svg`).
 
     Returns:
         The HTML document; the same report always gives the same bytes.

@@ -26,8 +26,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .fmt import human_count
-from .inventory import Report
+from ._fmt import human_count
+from ._inventory import Report
 
 __all__ = ["to_dot", "to_mermaid", "to_svg"]
 

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import BuildDirError
+from ._errors import BuildDirError
 
 __all__ = ["BUILD_FILES", "atomic_dir", "atomic_write_text"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import Collector, did_you_mean
-from .spec import Children, Layer, Node, Seq, Spec, Use
+from ._errors import Collector, did_you_mean
+from ._spec import Children, Layer, Node, Seq, Spec, Use
 
 __all__ = ["Resolved", "iter_uses", "resolve"]
 

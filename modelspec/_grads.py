@@ -20,10 +20,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from .build import DTYPES, BuildInfo
-from .errors import UsageError
-from .fmt import text_table
-from .inventory import FrozenModel, inventory
+from ._build import DTYPES, BuildInfo
+from ._errors import UsageError
+from ._fmt import text_table
+from ._inventory import FrozenModel, inventory
 
 __all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
 

@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
+from ._build import BuildInfo
+from ._stats import sha256_of, summarize
 from ._version import __version__
-from .build import BuildInfo
-from .stats import sha256_of, summarize
 
 __all__ = [
     "REPORT_VERSION",

@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import registry
-from .files import atomic_write_text
-from .inventory import Report
-from .spec import NODE_MARKER, SpecFile
+from . import _registry as registry
+from ._files import atomic_write_text
+from ._inventory import Report
+from ._spec import NODE_MARKER, SpecFile
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
 
