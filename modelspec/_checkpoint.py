@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import safetensors
 import safetensors.torch
@@ -157,9 +157,8 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
 
 
 # ------------------------------------------------------------------ reading and verifying
-@dataclass(frozen=True)
-class _Record:
-    dtype: str
+class _Record(NamedTuple):
+    dtype: str  # the safetensors name: "F32", "BF16", ...
     shape: tuple[int, ...]
 
 
