@@ -316,7 +316,8 @@ def _check_format(path: Path, meta: Any) -> dict[str, str]:
     if "format_version" not in meta and DIGEST not in meta:
         raise CheckpointError(
             f"{path}: written by an older modelspec (checkpoint format 1, without dtype/shape records and "
-            "metadata digest); rebuild it with this version: modelspec build FOLDER/spec.yaml -o FOLDER",
+            f"metadata digest); rebuild it with `modelspec build {path.parent / 'spec.yaml'}`, or re-save trained "
+            "weights once as the README shows ('Checkpoints from earlier versions')",
             code="old-format",
         )
     missing = [k for k in (*FIELDS, DIGEST) if not meta.get(k)]
