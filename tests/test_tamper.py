@@ -118,6 +118,21 @@ def _garbage(path: Path) -> None:
     path.write_bytes(b"\x10\0\0\0\0\0\0\0not json at all!")
 
 
+def _duplicate_entry(path: Path) -> None:  # JSON keeps the last of two keys silently; the header may not
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header)
+    blob = (text[:-1] + ', "0.weight": ' + json.dumps(header["0.weight"]) + "}").encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+
+
+def _huge_header_length(path: Path) -> None:
+    raw = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", 2**62) + raw[8:])
+
+
 def _old_format(path: Path) -> None:  # what modelspec wrote before format 2
     edit_header(path, edit_meta(format_version=None, metadata_sha256=None, tensors=None))
 
@@ -167,6 +182,8 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     ("foreign-safetensors", "float32", _foreign, "not-modelspec"),
     ("not-safetensors", "float32", _garbage, "unreadable"),
     ("empty-file", "float32", lambda p: p.write_bytes(b""), "unreadable"),
+    ("header-length-huge", "float32", _huge_header_length, "unreadable"),
+    ("header-duplicate-entry", "float32", _duplicate_entry, "unreadable"),
 ]  # fmt: skip
 
 
