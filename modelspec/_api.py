@@ -20,7 +20,7 @@ import torch.nn as nn
 import yaml
 
 from ._build import DTYPES, BuildInfo, build_module
-from ._checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
+from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique_state
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir
@@ -263,52 +263,66 @@ def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
         missing = sorted((set(want_t) | set(want_ties)) - (set(have_t) | set(have_ties)))
         extra = sorted((set(have_t) | set(have_ties)) - (set(want_t) | set(want_ties)))
         problems.append(f"state_dict keys differ (missing {missing[:5]}, unexpected {extra[:5]})")
+        code = "names-mismatch"
     elif have_ties != want_ties:
+        code = "tie-mismatch"
         for alias in sorted(set(have_ties) | set(want_ties)):
-            if have_ties.get(alias) != want_ties.get(alias):
-                problems.append(
-                    f"'{alias}' should be tied to {want_ties.get(alias)!r} but is tied to {have_ties.get(alias)!r}"
-                )
+            want, have = want_ties.get(alias), have_ties.get(alias)
+            if want == have:
+                continue
+            if have is None:  # the module holds its own tensor where the spec shares one
+                problems.append(f"'{alias}' should be the same tensor as '{want}' but is a separate tensor")
+            elif want is None:
+                problems.append(f"'{alias}' and '{have}' should be separate tensors but are the same tensor")
+            else:
+                problems.append(f"'{alias}' should be the same tensor as '{want}' but is the same tensor as '{have}'")
     else:
+        code = "shape-mismatch"
         for name, t in want_t.items():
             if tuple(have_t[name].shape) != tuple(t.shape):
                 problems.append(f"'{name}' has shape {list(have_t[name].shape)}, the spec gives {list(t.shape)}")
     if problems:
-        raise TieMismatchError("the module no longer matches its spec: " + "; ".join(problems[:8]))
+        raise TieMismatchError("the module no longer matches its spec: " + "; ".join(problems[:8]), code=code)
 
 
 def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a model from a build folder and load its weights.
 
     Rebuilds from the folder's resolved spec (so every tie comes back as object
-    identity), loads ``model.safetensors`` without pickle, and verifies names, the tie
-    map and each tensor's sha256.
+    identity) and loads ``model.safetensors`` without pickle. Before anything is
+    allocated it verifies the checkpoint's header and metadata (every field present,
+    their digest, each tensor's recorded dtype and shape, the data layout), that it was
+    written for this spec.yaml, and its tie map, names and shapes against the model;
+    then each tensor's sha256.
 
     Raises:
-        BuildDirError: not a build folder. CheckpointError: the checkpoint does not match.
+        BuildDirError: not a build folder. CheckpointError: the checkpoint is damaged,
+        edited, or does not match the spec (``code`` says which check failed).
     """
     folder = Path(build_dir)
+    dev = _parse_device(device)
     resolved = _folder_spec(folder)
-    read_metadata(folder / CHECKPOINT_FILE)  # fail early, before building, if it is not modelspec's
-    module = _allocate(resolved, _parse_device(device))
-    # each tensor takes the dtype it was saved in; the spec must be the one it was saved with
-    load_checkpoint(module, folder / CHECKPOINT_FILE, spec_sha256=resolved.spec.sha256)
+    ckpt = open_checkpoint(folder / CHECKPOINT_FILE)  # header and metadata only: no tensor data yet
+    ckpt.check_spec(resolved.spec.sha256)  # an edited spec.yaml (say, an enormous layer) stops here
+    skeleton = _build(resolved, "meta", None)
+    ckpt.check_structure(skeleton)  # ties, names, shapes: still nothing allocated
+    module = _allocate(resolved, dev, skeleton)
+    ckpt.load_into(module)  # each tensor takes the dtype it was saved in; sha256 checked first
     return module
 
 
-def _allocate(resolved: Resolved, device: torch.device) -> nn.Module:
-    """The model with uninitialized storage: built on meta, then given real memory.
+def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> nn.Module:
+    """The model with uninitialized storage: ``skeleton`` (built on meta) given real memory.
 
     Falls back to a normal build when that cannot keep every tensor and tie (a
     non-persistent buffer has no value in the checkpoint; ``to_empty`` would break
     parameter-level ties).
     """
-    module = _build(resolved, "meta", None)
-    _, ties = unique_state(module)
-    has_volatile = any(getattr(m, "_non_persistent_buffers_set", None) for m in module.modules())
+    _, ties = unique_state(skeleton)
+    has_volatile = any(getattr(m, "_non_persistent_buffers_set", None) for m in skeleton.modules())
     if not has_volatile:
-        info = _INFO[module]
-        module = module.to_empty(device=device)
+        info = _INFO[skeleton]
+        module = skeleton.to_empty(device=device)
         if unique_state(module)[1] == ties:
             _INFO[module] = info
             return module

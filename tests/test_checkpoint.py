@@ -147,22 +147,26 @@ def test_load_detects_spec_edited_after_build(tmp_path: Path) -> None:
         modelspec.load(out)
 
 
-def _rewrite_metadata(path: Path, **changes: str) -> None:
-    from modelspec._checkpoint import write_safetensors
+def _rewrite_metadata(path: Path, *, reseal: bool = False, **changes: str) -> None:
+    """Replace metadata fields; ``reseal`` also recomputes the metadata digest (a consistent forgery)."""
+    from modelspec._checkpoint import metadata_digest, write_safetensors
 
     with safetensors.safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # clone: the file is memory-mapped
-        meta = f.metadata()
-    write_safetensors(path.with_suffix(".new"), tensors, {**meta, **changes})
+        meta = {**f.metadata(), **changes}
+    if reseal:
+        meta["metadata_sha256"] = metadata_digest(meta)
+    write_safetensors(path.with_suffix(".new"), tensors, meta)
     path.with_suffix(".new").replace(path)
 
 
 def test_load_detects_tie_map_that_disagrees_with_spec(tmp_path: Path) -> None:
     out = tmp_path / "b"
     modelspec.write_build(D2L / "shared.yaml", out)
-    _rewrite_metadata(out / "model.safetensors", ties="{}")
-    with pytest.raises(CheckpointError, match="ties differ"):
+    _rewrite_metadata(out / "model.safetensors", ties="{}", reseal=True)  # consistent file, but not this spec's ties
+    with pytest.raises(CheckpointError, match="ties differ") as e:
         modelspec.load(out)
+    assert e.value.code == "tie-mismatch"
 
 
 @pytest.mark.parametrize(
@@ -173,8 +177,9 @@ def test_load_rejects_damaged_metadata(tmp_path: Path, key: str, value: str) -> 
     out = tmp_path / "b"
     modelspec.write_build(D2L / "shared.yaml", out)
     _rewrite_metadata(out / "model.safetensors", **{key: value})
-    with pytest.raises(CheckpointError, match=f"damaged metadata '{key}'"):
+    with pytest.raises(CheckpointError, match=f"damaged metadata '{key}'") as e:
         modelspec.load(out)
+    assert e.value.code == "metadata-damaged"
 
 
 def test_load_rejects_non_build_folder(tmp_path: Path) -> None:
