@@ -213,6 +213,7 @@ class _Frame:
     args: tuple[Any, ...]
     key: str | None  # its name in the nn.Sequential that called it; None inside a layer
     calls: int = 0  # children it has called so far
+    names: list[str] | None = None  # its children's names, if it is an nn.Sequential
 
 
 class _Tracer:
@@ -235,10 +236,11 @@ class _Tracer:
         if self.stack:
             parent = self.stack[-1]
             parent.calls += 1
-            names = list(parent.module._modules)
+            if parent.names is None:
+                parent.names = list(parent.module._modules) if type(parent.module) is nn.Sequential else []
             # nn.Sequential calls each child once, in order: the n-th call is the n-th child
-            if type(parent.module) is nn.Sequential and parent.calls <= len(names):
-                key = names[parent.calls - 1]
+            if parent.calls <= len(parent.names):
+                key = parent.names[parent.calls - 1]
         self.stack.append(_Frame(module, args, key))
 
     def leave(self, module: nn.Module, _args: Any, out: Any) -> None:  # must return None
@@ -343,12 +345,16 @@ def _diagnose(frame: _Frame, site: _Site, model: str, x: torch.Tensor, spec: Spe
                 source = f"{producer[1]} at {_locate(spec, model, producer[0]).describe()} returns a tuple"
             return f"{source}, which a plain list cannot pass on to {name}: data-flow graphs come in a later version"
     try:
-        inspect.signature(module.forward).bind(*args)
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
+        signature = inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
+    try:
+        signature.bind(*args)
     except TypeError:
         positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         wanted = [
             p.name
-            for p in inspect.signature(module.forward).parameters.values()
+            for p in signature.parameters.values()
             if p.default is inspect.Parameter.empty and p.kind in positional
         ]
         return (
