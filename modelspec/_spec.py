@@ -385,14 +385,20 @@ class _NodeParser:
             return self.layer(types[0], raw[types[0]], path, (*path, types[0]))
         children = []
         for name, value in raw.items():
-            if not _CHILD.match(name) or name in RESERVED_CHILD_NAMES:
-                hint = did_you_mean(name, registry.layer_names())
-                reason = "is reserved" if name in RESERVED_CHILD_NAMES else "is not a valid child name"
+            if name in RESERVED_CHILD_NAMES:
                 self.errors.add(
                     "bad-name",
-                    f"'{name}' {reason}",
+                    f"'{name}' cannot name a child: nn.Sequential, which holds the children, has an attribute '{name}'",
                     (*path, name),
-                    hint=hint or "child names are lower-case identifiers, e.g. 'encoder'",
+                    hint=f"choose another name, e.g. '{name.strip('_')}_layer'",
+                )
+            elif not _CHILD.match(name):
+                self.errors.add(
+                    "bad-name",
+                    f"'{name}' is not a valid child name",
+                    (*path, name),
+                    hint=did_you_mean(name, registry.layer_names())
+                    or "child names are lower-case identifiers, e.g. 'encoder'",
                 )
             children.append((name, self.node(value, (*path, name))))
         return Children(tuple(children), path)

@@ -68,6 +68,12 @@ def test_model_name_clash_through_the_cli(tmp_path: Path) -> None:
     assert "bad.yaml:3:3: error[bad-name] models.training:" in err
 
 
+@pytest.mark.parametrize("name", ["forward", "training", "__class__"])
+def test_child_name_taken_by_sequential_is_a_bad_name(tmp_path: Path, name: str) -> None:
+    d = only(tmp_path, HEAD + "model:\n  net: ReLU\n  " + name + ": ReLU\n")
+    assert where(d) == ("bad-name", 4, 3) and d.path == ("model", name) and d.hint
+
+
 # ---------------------------------------------------------------- 2. an input dtype no layer takes
 def test_integer_input_into_linear_is_rejected_by_the_example_pass(tmp_path: Path) -> None:
     text = HEAD + "input: {shape: [2, 4], dtype: int64}\nmodel:\n  - Linear: [4, 2]\n"
