@@ -13,6 +13,7 @@ deterministic and the caller's global RNG state is left as it was.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -147,12 +148,13 @@ def _materialize(
     root: nn.Module, roots: dict[str, nn.Module], spec: Spec, builder: _Builder, device: torch.device, errors: Collector
 ) -> None:
     """Run the example input once through each model: lazy layers take their shapes and
-    every layer's sizes are checked against the input before anyone trains.
+    every layer's sizes and dtypes are checked against the input before anyone trains.
 
     Lazy layers need a real pass (they initialize on their first call, as in the
     handwritten seed code). Without them the pass runs on ``meta`` copies of every
     tensor: the same shape checks, no arithmetic, so building costs what
-    constructing the modules costs.
+    constructing the modules costs. Meta kernels do not check dtypes, so a non-floating
+    input (token ids) also runs for real on one example of the batch.
     """
     lazy = [(n, m) for n, m in root.named_modules() if _is_lazy(m)]
     if spec.input is None and not lazy:
@@ -168,18 +170,11 @@ def _materialize(
         return
     x = example_input(spec, device)
     modes = {m: m.training for m in root.modules()}
-    stack: list[nn.Module] = []  # modules entered and not yet left: the last one failed
-
-    def enter(mod: nn.Module, _args: Any) -> None:
-        stack.append(mod)
-
-    def leave(_mod: nn.Module, _args: Any, _out: Any) -> None:  # must return None
-        stack.pop()
-
+    tracer = _Tracer()
     hooks = []
     for m in modes:
-        hooks.append(m.register_forward_pre_hook(enter))
-        hooks.append(m.register_forward_hook(leave))
+        hooks.append(m.register_forward_pre_hook(tracer.enter))
+        hooks.append(m.register_forward_hook(tracer.leave))
     root.eval()  # no running-stat updates, no dropout: the pass must not change state
     try:
         with torch.no_grad():
@@ -188,21 +183,13 @@ def _materialize(
                 # arithmetic. Any failure there is re-run for real, so a missing meta kernel
                 # or an op that bypasses the swap can never produce a false error.
                 if not lazy and device.type != "meta" and _passes_on_meta(model, x):
-                    continue
-                stack.clear()
+                    if x.is_floating_point() or _passes(model, x[:1], tracer):
+                        continue
+                tracer.reset()
                 try:
                     model(x)
                 except Exception as e:  # noqa: BLE001 - report any failure at its layer
-                    failing = stack[-1] if stack else model
-                    where = builder.paths.get(id(failing), ("input",))
-                    label = f"model '{name}'" if name else "the model"
-                    errors.add(
-                        "build-error",
-                        f"the example input {list(x.shape)} failed in {label} at {format_path(where)}: "
-                        f"{_first_line(e)}",
-                        where,
-                        hint="check the layer sizes against 'input.shape'",
-                    )
+                    _report_failure(e, name, x, spec, tracer, errors)
     finally:
         for h in hooks:
             h.remove()
@@ -216,6 +203,199 @@ def _materialize(
                 builder.paths.get(id(module), ()),
                 hint="every lazy layer must run in the forward pass",
             )
+
+
+@dataclass
+class _Frame:
+    """One module call in progress during the example pass."""
+
+    module: nn.Module
+    args: tuple[Any, ...]
+    key: str | None  # its name in the nn.Sequential that called it; None inside a layer
+    calls: int = 0  # children it has called so far
+    names: list[str] | None = None  # its children's names, if it is an nn.Sequential
+
+
+class _Tracer:
+    """Follows the example pass through forward hooks: the chain of calls in progress
+    (after an exception, the failing module is last) and the modules that returned tuples."""
+
+    def __init__(self) -> None:
+        self.stack: list[_Frame] = []
+        self.tuples: list[tuple[Any, tuple[str, ...], str]] = []  # (output, its producer's keys and type)
+        self.paused = False
+
+    def reset(self) -> None:
+        self.stack.clear()
+        self.tuples.clear()
+
+    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.paused:
+            return
+        key = None
+        if self.stack:
+            parent = self.stack[-1]
+            parent.calls += 1
+            if parent.names is None:
+                parent.names = list(parent.module._modules) if type(parent.module) is nn.Sequential else []
+            # nn.Sequential calls each child once, in order: the n-th call is the n-th child
+            if parent.calls <= len(parent.names):
+                key = parent.names[parent.calls - 1]
+        self.stack.append(_Frame(module, args, key))
+
+    def leave(self, module: nn.Module, _args: Any, out: Any) -> None:  # must return None
+        if self.paused:
+            return
+        if isinstance(out, (tuple, list)):
+            self.tuples.append((out, self.keys(), type(module).__name__))
+        self.stack.pop()
+
+    def keys(self) -> tuple[str, ...]:
+        """Names from the model down to the innermost call, up to the first unnamed one."""
+        out: list[str] = []
+        for frame in self.stack[1:]:
+            if frame.key is None:
+                break
+            out.append(frame.key)
+        return tuple(out)
+
+
+def _passes(model: nn.Module, x: torch.Tensor, tracer: _Tracer) -> bool:
+    tracer.reset()
+    try:
+        model(x)
+    except Exception:  # noqa: BLE001 - the full pass reports it, or shows it was a false alarm
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where in the spec a module of a model comes from."""
+
+    node: Node  # the innermost spec node (a layer, or a list or mapping of children)
+    uses: tuple[Use, ...]  # the 'use' nodes passed on the way, outermost first
+
+    @property
+    def path(self) -> SpecPath:
+        """The path to report: the outermost use site, else the node itself."""
+        if self.uses:
+            use = self.uses[0].path
+            return use[:-1] if use and use[-1] == "use" else use
+        return self.node.path
+
+    def describe(self) -> str:
+        where = format_path(self.path)
+        if self.uses:
+            blocks = " > ".join(f"block '{u.block}'" for u in self.uses)
+            where += f", in {blocks} (at {format_path(self.node.path)})"
+        return where
+
+
+def _locate(spec: Spec, model: str, keys: tuple[str, ...]) -> _Site:
+    """Follow qualified module names (``("2", "0")``) through the spec, across uses."""
+    node = spec.roots[model]
+    uses: list[Use] = []
+    for key in (*keys, None):
+        while isinstance(node, Use) and node.block in spec.blocks:
+            uses.append(node)
+            node = spec.blocks[node.block]
+        if key is None:
+            break
+        if isinstance(node, Seq) and key.isdigit() and int(key) < len(node.items):
+            node = node.items[int(key)]
+        elif isinstance(node, Children) and key in dict(node.children):
+            node = dict(node.children)[key]
+        else:
+            break  # inside a layer: the layer is the place in the spec
+    return _Site(node, tuple(uses))
+
+
+def _report_failure(e: Exception, model: str, x: torch.Tensor, spec: Spec, tracer: _Tracer, errors: Collector) -> None:
+    """Report a failed example pass at the failing layer's place in the model, with the
+    hint that fits: a dtype, a tuple between layers, several inputs, or sizes."""
+    frame = tracer.stack[-1] if tracer.stack else None
+    site = _locate(spec, model, tracer.keys())
+    label = f"model '{model}'" if model else "the model"
+    hint = "check the layer sizes against 'input.shape'"
+    if frame is not None:
+        tracer.paused = True  # the diagnosis calls the module again
+        try:
+            hint = _diagnose(frame, site, model, x, spec, tracer)
+        finally:
+            tracer.paused = False
+    errors.add(
+        "build-error",
+        f"the example input {list(x.shape)} failed in {label} at {site.describe()}: {_first_line(e)}",
+        site.path,
+        hint=hint,
+    )
+
+
+def _diagnose(frame: _Frame, site: _Site, model: str, x: torch.Tensor, spec: Spec, tracer: _Tracer) -> str:
+    """Why a layer's forward failed, found by looking at what it got (never by reading the
+    exception's text): a tuple, too few inputs, a dtype it does not take, or sizes."""
+    module, args = frame.module, frame.args
+    name = type(module).__name__
+    for arg in args:
+        if isinstance(arg, (tuple, list)):
+            producer = next(((keys, kind) for out, keys, kind in tracer.tuples if out is arg), None)
+            source = "the layer before it returns a tuple (e.g. an LSTM's output and state)"
+            if producer is not None:
+                source = f"{producer[1]} at {_locate(spec, model, producer[0]).describe()} returns a tuple"
+            return f"{source}, which a plain list cannot pass on to {name}: data-flow graphs come in a later version"
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
+        signature = inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL)])
+    try:
+        signature.bind(*args)
+    except TypeError:
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        wanted = [
+            p.name
+            for p in signature.parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind in positional
+        ]
+        return (
+            f"{name} needs several inputs ({', '.join(wanted)}), which a list of layers cannot give "
+            "yet: data-flow graphs come in a later version"
+        )
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    from_input = any(a is x for a in args)
+    if tensors and _works_with_other_dtype(module, args):
+        got = str(tensors[0].dtype).removeprefix("torch.")
+        if tensors[0].is_floating_point():
+            fix = "set 'input.dtype: int64'" if from_input else "the layer before it returns floats"
+            return f"{name} takes integer indices but gets {got}: {fix}"
+        fix = "the layer before it returns integers"
+        if from_input:
+            fix = "set 'input.dtype' to a floating type such as float32"
+            if tensors[0].dtype != torch.bool:
+                fix += ", or start the model with an Embedding to take token ids"
+        return f"{name} takes floating-point input but gets {got}: {fix}"
+    shapes = ", ".join(str(list(t.shape)) for t in tensors) or "no tensor"
+    sizes = ""
+    if isinstance(site.node, Layer) and site.node.type == name and site.node.arguments:
+        sizes = f"({', '.join(f'{k}={v}' for k, v in site.node.arguments.items())})"
+    given = "which is input.shape" if from_input else f"input.shape is {list(x.shape)}"
+    return f"{name}{sizes} gets shape {shapes} ({given}): make its sizes agree with that shape"
+
+
+def _works_with_other_dtype(module: nn.Module, args: tuple[Any, ...]) -> bool:
+    """Whether ``module`` runs once its tensor arguments swap floating point for integers
+    (zeros: valid indices) or integers for float32: then the dtype was the problem."""
+    swapped = [
+        (torch.zeros_like(a, dtype=torch.int64) if a.is_floating_point() else a.to(torch.float32))
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in args
+    ]
+    try:
+        module(*swapped)
+    except Exception:  # noqa: BLE001 - it fails either way: not (only) a dtype problem
+        return False
+    return True
 
 
 def _passes_on_meta(model: nn.Module, x: torch.Tensor) -> bool:

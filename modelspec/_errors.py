@@ -50,14 +50,20 @@ def format_path(path: Sequence[PathPart]) -> str:
     return out or "<root>"
 
 
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """Return a hint naming the closest candidate, or None when nothing is close."""
+def closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``word`` is most likely a slip for, or None when nothing is close."""
     candidates = list(candidates)
     lowered = {c.lower(): c for c in candidates}
     if word.lower() in lowered:  # case slip: 'linear' for 'Linear'
-        return f"did you mean '{lowered[word.lower()]}'?"
+        return lowered[word.lower()]
     match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.7)
-    return f"did you mean '{match[0]}'?" if match else None
+    return match[0] if match else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """Return a hint naming the closest candidate, or None when nothing is close."""
+    match = closest(word, candidates)
+    return f"did you mean '{match}'?" if match else None
 
 
 @dataclass(frozen=True)

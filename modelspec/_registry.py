@@ -10,19 +10,31 @@ Each entry knows the constructor's parameters (without the ``device``/``dtype`` 
 arguments, which the builder controls) and checks arguments against them before
 anything is built: names, count, required ones, and types from the annotations, using
 pydantic in strict JSON mode (so ``"20"`` is not an int but ``[3, 3]`` is a tuple).
+
+Only arguments that are provably plain data reach a constructor. Each parameter's
+annotation is split into its plain-data part (numbers, strings, booleans, null, tuples
+and lists of them, literals) and the rest (a module, a tensor, a function, any object).
+A value must validate against the plain part; a parameter without one cannot be given
+in a spec (``unsupported-argument``). Strings that name a function (a Transformer's
+``activation``) are limited to the names the constructor knows, and parameters without
+a usable annotation take plain data only where their default's type or the small table
+:data:`_UNANNOTATED` says so. Nothing is ever passed through unchecked.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import inspect
 import json
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
+import torch
 import torch.nn as nn
 
 __all__ = ["ArgError", "LayerType", "bind_arguments", "get_layer", "layer_names"]
@@ -45,32 +57,71 @@ _EXCLUDED = frozenset(
 )
 #: Factory arguments the builder sets; a spec may not.
 _FACTORY = frozenset({"device", "dtype"})
-_NO_CHECK = object()
+_SCALARS = (bool, int, float, str, type(None))
+
+#: Parameters without a usable annotation (none, or ``Any``) whose default says nothing
+#: (None): the plain data they take. Anything else unannotated is not accepted.
+_UNANNOTATED: dict[tuple[str, str], Any] = {
+    ("MultiheadAttention", "embed_dim"): int,
+    ("MultiheadAttention", "num_heads"): int,
+    ("MultiheadAttention", "kdim"): int | None,
+    ("MultiheadAttention", "vdim"): int | None,
+}
+#: The deprecated flags every loss still takes (unannotated, default None).
+_LEGACY_LOSS_FLAGS = {"size_average": bool | None, "reduce": bool | None}
+#: Strings a parameter that takes "a string or a function" accepts: the names the
+#: constructor resolves itself. Without an entry such a parameter takes no string.
+_FUNCTION_NAMES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("Transformer", "activation"): ("relu", "gelu"),
+    ("TransformerEncoderLayer", "activation"): ("relu", "gelu"),
+    ("TransformerDecoderLayer", "activation"): ("relu", "gelu"),
+}
+#: What ``Any``-typed parameters really take, for the error message.
+_OPAQUE: dict[tuple[str, str], str] = {
+    ("Transformer", "custom_encoder"): "a module",
+    ("Transformer", "custom_decoder"): "a module",
+    ("SyncBatchNorm", "process_group"): "a process group",
+}
 
 
 @dataclass(frozen=True)
 class Param:
+    """One constructor parameter.
+
+    ``annotation`` is the plain-data type a value must validate against (``NoneType``
+    when only null can be written). ``opaque`` says what else the constructor takes that a
+    spec cannot write (``"a module"``, ``"a tensor"``, ``"a function"``), or is None.
+    """
+
     name: str
     required: bool
     default: Any
-    annotation: Any  # a type pydantic can check, or _NO_CHECK
+    annotation: Any
+    opaque: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        """Whether a spec can give this parameter a value other than null."""
+        return self.adapter is not None and self.annotation is not type(None)
 
     @functools.cached_property
     def adapter(self) -> pydantic.TypeAdapter[Any] | None:
-        if self.annotation is _NO_CHECK:
-            return None
         try:
             return pydantic.TypeAdapter(self.annotation)
-        except (pydantic.PydanticSchemaGenerationError, TypeError, NameError):
-            return None
+        except (pydantic.PydanticSchemaGenerationError, TypeError, NameError):  # pragma: no cover
+            return None  # then nothing but null is accepted
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {}
-        if self.adapter is not None:
-            try:
-                schema = self.adapter.json_schema()
-            except (pydantic.errors.PydanticInvalidForJsonSchema, TypeError):
-                schema = {}
+        if not self.writable:
+            schema = {"type": "null"} if not self.required else {"not": {}}
+            schema["description"] = f"takes {self.opaque or 'a Python object'}: cannot be written in a spec yet"
+            return schema
+        assert self.adapter is not None
+        try:
+            schema = self.adapter.json_schema()
+        except (pydantic.errors.PydanticInvalidForJsonSchema, TypeError):  # pragma: no cover
+            schema = {}
         if not self.required and _jsonable(self.default):
             schema["default"] = self.default
         return schema
@@ -153,11 +204,80 @@ def _make(name: str, cls: type[nn.Module]) -> LayerType:
         if p.name in _FACTORY or p.name.startswith("_"):
             continue
         required = p.default is inspect.Parameter.empty
-        annotation = hints.get(p.name, _NO_CHECK)
-        if annotation is _NO_CHECK and not required and type(p.default) in (bool, int, float, str):
-            annotation = type(p.default) if type(p.default) is not int else int | float
-        params.append(Param(p.name, required, None if required else p.default, annotation))
+        default = None if required else p.default
+        annotation, opaque = _plain_type(name, p.name, hints.get(p.name, Any), required, default)
+        params.append(Param(p.name, required, default, annotation, opaque))
     return LayerType(name, cls, tuple(params))
+
+
+def _plain_type(layer: str, param: str, annotation: Any, required: bool, default: Any) -> tuple[Any, str | None]:
+    """The plain-data type a spec may give for a parameter, and what else it takes."""
+    if _mentions_any(annotation):  # no usable annotation: the table, then the default's type
+        known = _UNANNOTATED.get((layer, param))
+        if known is None and not required and default is None:
+            known = _LEGACY_LOSS_FLAGS.get(param) if layer.endswith("Loss") else None
+        if known is None and not required and type(default) in (bool, int, float, str):
+            known = int | float if type(default) is int else type(default)
+        if known is not None:
+            return known, None
+        return type(None), _OPAQUE.get((layer, param), "a Python object")
+    plain, other = _split(annotation)
+    opaque = other[0] if other else None
+    if "a function" in other and str in plain:  # a string here names a function
+        plain.remove(str)
+        names = _FUNCTION_NAMES.get((layer, param))
+        if names:
+            plain.append(Literal[names])
+    if not [t for t in plain if t is not type(None)]:
+        return type(None), opaque or "a Python object"
+    return (plain[0] if len(plain) == 1 else typing.Union[tuple(plain)]), opaque  # noqa: UP007
+
+
+def _mentions_any(annotation: Any) -> bool:
+    return annotation is Any or any(a is Any for a in typing.get_args(annotation))
+
+
+def _split(annotation: Any) -> tuple[list[Any], list[str]]:
+    """Split an annotation into plain-data members and descriptions of the others."""
+    if annotation is torch.Size:
+        return [tuple[int, ...]], []
+    if annotation in _SCALARS:
+        return [annotation], []
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        plain: list[Any] = []
+        other: list[str] = []
+        for arg in args:
+            p, o = _split(arg)
+            plain += [t for t in p if t not in plain]
+            other += [t for t in o if t not in other]
+        return plain, other
+    if origin is Literal:
+        return ([annotation], []) if all(type(a) in _SCALARS for a in args) else ([], ["a Python object"])
+    if origin in (list, tuple, collections.abc.Sequence) and args:
+        items: list[Any] = []
+        for arg in args:
+            if arg is Ellipsis:
+                items.append(arg)
+                continue
+            p, o = _split(arg)
+            if o or not p:  # e.g. list[Tensor]
+                return [], [_what(arg)]
+            items.append(p[0] if len(p) == 1 else typing.Union[tuple(p)])  # noqa: UP007
+        return [origin[tuple(items)]], []
+    return [], [_what(annotation)]
+
+
+def _what(annotation: Any) -> str:
+    """A reader's word for a non-plain annotation."""
+    origin = typing.get_origin(annotation) or annotation
+    if inspect.isclass(origin) and issubclass(origin, nn.Module):
+        return "a module"
+    if inspect.isclass(origin) and issubclass(origin, torch.Tensor):
+        return "a tensor"
+    if origin is collections.abc.Callable:
+        return "a function"
+    return "a Python object"
 
 
 @functools.cache
@@ -188,9 +308,10 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
     Returns the arguments bound by name (validated values, e.g. lists made tuples where
     the constructor wants tuples) and every problem found.
     """
-    from ._errors import did_you_mean
+    from ._errors import closest
 
     errors: list[ArgError] = []
+    meant: set[str] = set()  # parameters an unknown keyword is a slip for: not also "missing"
     bound: dict[str, Any] = {}
     names = layer.param_names
     if len(args) > len(names):
@@ -215,12 +336,15 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
                 )
             )
         elif key not in names:
+            match = closest(key, names)
+            if match is not None:
+                meant.add(match)
             errors.append(
                 ArgError(
                     "bad-argument",
                     f"{layer.name} has no argument '{key}'",
                     (key,),
-                    hint=did_you_mean(key, names) or f"it takes: {', '.join(names) or 'none'}",
+                    hint=f"did you mean '{match}'?" if match else f"it takes: {', '.join(names) or 'none'}",
                 )
             )
         elif key in bound:
@@ -228,7 +352,7 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
         else:
             bound[key] = (value, (key,))
     for p in layer.params:
-        if p.required and p.name not in bound:
+        if p.required and p.name not in bound and p.name not in meant:
             errors.append(
                 ArgError(
                     "missing-argument",
@@ -240,18 +364,18 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
     out: dict[str, Any] = {}
     by_name = {p.name: p for p in layer.params}
     for p in layer.params:
-        if _takes_module(p.annotation) and (p.required or p.name in bound):
+        given = p.name in bound and bound[p.name][0] is not None
+        if not p.writable and (p.required or given):
             errors.append(ArgError(
-                "unsupported-argument", f"{layer.name} takes a module as '{p.name}'",
+                "unsupported-argument", f"{layer.name} takes {p.opaque or 'a Python object'} as '{p.name}'",
                 bound[p.name][1] if p.name in bound else (),
-                hint="modules as constructor arguments cannot be written in a spec yet",
+                hint=f"{_plural(p.opaque)} cannot be written in a spec yet"
+                + ("" if p.required else f"; leave '{p.name}' out"),
             ))  # fmt: skip
             bound.pop(p.name, None)
     for name, (value, where) in bound.items():
         adapter = by_name[name].adapter
-        if adapter is None:
-            out[name] = value
-            continue
+        assert adapter is not None  # an unwritable parameter was dropped above, or its value is null
         try:
             out[name] = adapter.validate_json(json.dumps(value), strict=True)
         except pydantic.ValidationError as e:
@@ -269,16 +393,17 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
     return out, errors
 
 
-def _takes_module(annotation: Any) -> bool:
-    """Whether an annotation names an nn.Module class (also inside Optional/Union)."""
-    if isinstance(annotation, type):
-        return issubclass(annotation, nn.Module)
-    return any(_takes_module(arg) for arg in typing.get_args(annotation))
-
-
 def _type_hint(p: Param) -> str | None:
     ann = p.annotation
-    if ann is _NO_CHECK:
-        return None
-    text = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+    if typing.get_origin(ann) is Literal:
+        text = "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    else:
+        text = ann.__name__ if isinstance(ann, type) else str(ann).replace("typing.", "")
+    if p.opaque is not None:
+        text += f" ({_plural(p.opaque)} cannot be written in a spec)"
     return f"'{p.name}' takes {text}"
+
+
+def _plural(what: str | None) -> str:
+    """'a module' -> 'modules'."""
+    return (what or "a Python object").removeprefix("a ").removeprefix("an ") + "s"

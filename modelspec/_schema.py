@@ -8,13 +8,14 @@ and each layer's argument names and types. ``schemas/report.schema.json`` descri
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from . import _registry as registry
 from ._files import atomic_write_text
 from ._inventory import Report
-from ._spec import NODE_MARKER, SpecFile
+from ._spec import _NAME, NODE_MARKER, RESERVED, RESERVED_CHILD_NAMES, RESERVED_MODEL_NAMES, SpecFile
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
 
@@ -63,8 +64,14 @@ def _node_defs() -> dict[str, Any]:
         "minProperties": 1,
         "patternProperties": {"^[a-z_][A-Za-z0-9_]*$": {"$ref": "#/$defs/Node"}},
         "additionalProperties": False,
+        "propertyNames": {"not": {"enum": _taken(RESERVED_CHILD_NAMES, "^[a-z_]")}},
     }
     return defs
+
+
+def _taken(names: frozenset[str], start: str) -> list[str]:
+    """Reserved keywords and the given attribute names that a name pattern would admit."""
+    return sorted(n for n in {*RESERVED, *names} if re.match(start, n))
 
 
 def _link_nodes(value: Any) -> Any:
@@ -81,6 +88,8 @@ def _link_nodes(value: Any) -> Any:
 def spec_schema() -> dict[str, Any]:
     """The JSON Schema of a spec file."""
     schema = _link_nodes(SpecFile.model_json_schema())
+    models = next(s for s in schema["properties"]["models"]["anyOf"] if s.get("type") == "object")
+    models["propertyNames"] = {"pattern": _NAME, "not": {"enum": _taken(RESERVED_MODEL_NAMES, _NAME)}}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = _BASE + SCHEMA_FILES[0]
     schema.setdefault("$defs", {}).update(_node_defs())

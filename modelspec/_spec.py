@@ -18,6 +18,10 @@ The surface grammar (what a user writes) is described by the pydantic model
 Mapping keys that start with an upper-case letter are layer types; lower-case keys are
 child names. That keeps the two apart and lets a typo ``Lienar`` be reported as an
 unknown layer with a suggestion instead of being taken for a child.
+
+The keywords in :data:`RESERVED` belong to later versions of the format (repeats, ties,
+data-flow graphs, variables, ...). They are refused now, at the top level, as node keys
+and as child or model names, so that a spec written today keeps its meaning later.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from ._source import Document
 
 __all__ = [
     "FORMAT_VERSION",
+    "RESERVED",
+    "RESERVED_CHILD_NAMES",
+    "RESERVED_MODEL_NAMES",
     "Children",
     "InputSpec",
     "Layer",
@@ -52,7 +59,25 @@ __all__ = [
 FORMAT_VERSION = 1
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _CHILD = re.compile(r"^[a-z_][A-Za-z0-9_]*$")
-_RESERVED_CHILD = frozenset(dir(nn.Sequential())) | {"use"}
+#: Keywords of later format versions -> what they will do, and what to write today.
+RESERVED: dict[str, tuple[str, str]] = {
+    "repeat": ("repeating a node", "write the copies out; a YAML anchor and aliases give independent copies"),
+    "ties": ("parameter-level ties", "share a whole block by name with '{use: block}'"),
+    "tie": ("parameter-level ties", "share a whole block by name with '{use: block}'"),
+    "inputs": ("data-flow graphs", "a list runs its layers in order, each taking the previous one's output"),
+    "outputs": ("data-flow graphs", "a list runs its layers in order, each taking the previous one's output"),
+    "nodes": ("data-flow graphs", "a list runs its layers in order, each taking the previous one's output"),
+    "vars": ("variables", "write the values out"),
+    "init": ("initialization settings", "set 'seed'; initialize further in Python after modelspec.build"),
+    "trainable": ("freezing parameters", "call requires_grad_(False) in Python after modelspec.build"),
+    "params": ("parameter settings", "remove it"),
+    "buffers": ("buffer settings", "remove it"),
+    "plugins": ("plugins", "remove it: layers come from torch.nn only"),
+    "overrides": ("overriding parts of a spec", "edit the spec itself"),
+}
+#: Names nn.Sequential / nn.ModuleDict use themselves: no child or model can take them.
+RESERVED_CHILD_NAMES = frozenset(dir(nn.Sequential())) | {"use"}
+RESERVED_MODEL_NAMES = frozenset(dir(nn.ModuleDict()))
 DTYPES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 # Nodes are parsed by _NodeParser, not pydantic; the schema module swaps this marker
@@ -198,7 +223,9 @@ def parse(doc: Document) -> Spec:
             hint="set 'modelspec: 1', or upgrade modelspec",
         )
     for key in data:
-        if key not in SpecFile.model_fields:
+        if key in RESERVED:
+            _reserved(errors, key, (key,))
+        elif key not in SpecFile.model_fields:
             errors.add(
                 "unknown-key",
                 f"unknown top-level key '{key}'",
@@ -231,6 +258,16 @@ def parse(doc: Document) -> Spec:
         if not known["models"]:
             errors.add("wrong-type", "'models' is empty", ("models",))
         models = {name: parser.node(raw, ("models", name)) for name, raw in known["models"].items()}
+        for name in known["models"]:
+            if name in RESERVED:
+                _reserved(errors, name, ("models", name), as_name=True)
+            elif name in RESERVED_MODEL_NAMES and re.match(_NAME, name):  # other bad names: pydantic said so
+                errors.add(
+                    "bad-name",
+                    f"'{name}' cannot name a model: nn.ModuleDict, which holds the models, has an attribute '{name}'",
+                    ("models", name),
+                    hint=f"choose another name, e.g. '{name.strip('_')}_model'",
+                )
     errors.raise_if_errors()
     assert top is not None
     spec = Spec(
@@ -253,6 +290,26 @@ def canonical_sha256(spec: Spec) -> str:
     positional/keyword style of arguments do not change it; any change to the model does."""
     text = json.dumps(spec.to_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _reserved(errors: Collector, key: str, path: SpecPath, *, as_name: bool = False) -> None:
+    purpose, instead = RESERVED[key]
+    if as_name:
+        hint = "choose another name"
+    elif len(path) > 1:  # a node key: meant as the keyword, or as a child's name
+        hint = f"{instead}; to name a child, choose another name"
+    else:
+        hint = instead
+    errors.add(
+        "reserved",
+        f"'{key}' is not supported yet: the keyword is reserved for {purpose} in a later version of modelspec",
+        path,
+        hint=hint,
+    )
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def _kind(value: Any) -> str:
@@ -293,6 +350,13 @@ class _NodeParser:
         if not raw:
             self.errors.add("empty-node", "an empty mapping builds nothing", path)
             return Seq((), path)
+        if any(k in RESERVED for k in raw):
+            for key in raw:
+                if key in RESERVED:
+                    _reserved(self.errors, key, (*path, key))
+            raw = {k: v for k, v in raw.items() if k not in RESERVED}  # check what is left
+            if not raw:
+                return Seq((), path)
         if "use" in raw:
             if len(raw) > 1:
                 others = ", ".join(k for k in raw if k != "use")
@@ -308,6 +372,9 @@ class _NodeParser:
             return Use(raw["use"], (*path, "use"))
         types = [k for k in raw if k[:1].isupper()]
         if types:
+            slipped = self.misindented(raw, types, path)
+            if slipped is not None:
+                return slipped
             if len(raw) > 1:
                 self.errors.add(
                     "bad-layer",
@@ -318,17 +385,57 @@ class _NodeParser:
             return self.layer(types[0], raw[types[0]], path, (*path, types[0]))
         children = []
         for name, value in raw.items():
-            if not _CHILD.match(name) or name in _RESERVED_CHILD:
-                hint = did_you_mean(name, registry.layer_names())
-                reason = "is reserved" if name in _RESERVED_CHILD else "is not a valid child name"
+            if name in RESERVED_CHILD_NAMES:
                 self.errors.add(
                     "bad-name",
-                    f"'{name}' {reason}",
+                    f"'{name}' cannot name a child: nn.Sequential, which holds the children, has an attribute '{name}'",
                     (*path, name),
-                    hint=hint or "child names are lower-case identifiers, e.g. 'encoder'",
+                    hint=f"choose another name, e.g. '{name.strip('_')}_layer'",
+                )
+            elif not _CHILD.match(name):
+                self.errors.add(
+                    "bad-name",
+                    f"'{name}' is not a valid child name",
+                    (*path, name),
+                    hint=did_you_mean(name, registry.layer_names())
+                    or "child names are lower-case identifiers, e.g. 'encoder'",
                 )
             children.append((name, self.node(value, (*path, name))))
         return Children(tuple(children), path)
+
+    def misindented(self, raw: dict[str, Any], types: list[str], path: SpecPath) -> Node | None:
+        """The classic slip: a layer's arguments at the indent of its type, not under it::
+
+            - Linear:
+              in_features: 20      # YAML reads {Linear: null, in_features: 20, ...}
+
+        One error at the layer with the fix, then the arguments are checked as meant.
+        """
+        entry = registry.get_layer(types[0])
+        others = [k for k in raw if k != types[0]]
+        if (
+            len(types) != 1
+            or raw[types[0]] is not None
+            or not others
+            or entry is None
+            or not all(_CHILD.match(k) for k in others)
+            or not any(k in entry.param_names for k in others)
+        ):
+            return None
+        names = _and([f"'{k}'" for k in others])
+        type_at = self.errors.positions.get((*path, types[0]))
+        arg_at = self.errors.positions.get((*path, others[0]))
+        more = type_at[1] + 2 - arg_at[1] if type_at and arg_at and type_at[0] < arg_at[0] else 0
+        fix = f"indent {names} {more} more spaces, under '{types[0]}:'" if more > 0 else None
+        self.errors.add(
+            "bad-indent",
+            f"the arguments of '{types[0]}' are not indented under it: YAML reads {names} "
+            f"as keys beside '{types[0]}', which then has no arguments",
+            path,
+            hint=fix or f"write them as '{types[0]}: {{{', '.join(f'{k}: ...' for k in others)}}}'",
+            at=type_at,
+        )
+        return self.layer(types[0], {k: raw[k] for k in others}, path, path)
 
     def layer(self, type_name: str, value: Any, path: SpecPath, arg_path: SpecPath) -> Node:
         entry = registry.get_layer(type_name)
