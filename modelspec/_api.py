@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydantic
 import safetensors
 import torch
 import torch.nn as nn
@@ -21,12 +20,14 @@ import yaml
 
 from ._build import DTYPES, BuildInfo, build_module
 from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique_state
+from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
-from ._errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
+from ._errors import BuildDirError, Diagnostic, ReportError, SpecError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
+from ._memory import allocating, tensor_bytes
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._source import load_text
@@ -106,16 +107,52 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
-    """A device that exists here; a clear error instead of torch's assertion otherwise."""
+    """A device that exists here, or UsageError ``bad-device`` naming the ones that do.
+
+    Checked before anything is built: torch accepts ``cpu:99`` or ``xla`` as names and
+    fails only later, deep inside a layer's constructor.
+    """
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise UsageError(f"unknown device {device!r}: use e.g. 'cpu', 'cuda', 'cuda:1' or 'meta'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {str(dev)!r} is not available: this PyTorch has no usable CUDA")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"device {str(dev)!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+        raise UsageError(f"unknown device {device!r}; {_devices_here()}", code="bad-device") from e
+    if dev.type in ("cpu", "meta"):
+        if dev.index not in (None, 0):
+            raise UsageError(f"device {str(dev)!r} does not exist; use {dev.type!r}, the only one", code="bad-device")
+        return dev
+    count = _device_count(dev.type)
+    if count == 0:
+        raise UsageError(f"device {str(dev)!r} is not available here; {_devices_here()}", code="bad-device")
+    if dev.index is not None and dev.index >= count:
+        raise UsageError(
+            f"device {str(dev)!r} does not exist: {count} {dev.type} device(s) here; {_devices_here()}",
+            code="bad-device",
+        )
     return dev
+
+
+def _device_count(kind: str) -> int:
+    """How many devices of an accelerator type this PyTorch can use (0: none, or unknown type)."""
+    if kind == "cuda":
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: one API for every backend
+    if accelerator is not None:
+        current = accelerator.current_accelerator()
+        return accelerator.device_count() if current is not None and current.type == kind else 0
+    if kind == "mps":  # torch < 2.6 had no accelerator API; these two are the common ones
+        return int(torch.backends.mps.is_available())
+    xpu = getattr(torch, "xpu", None)
+    return xpu.device_count() if kind == "xpu" and xpu is not None and xpu.is_available() else 0
+
+
+def _devices_here() -> str:
+    """``devices here: 'cpu', 'cuda' ('cuda:0' to 'cuda:1'), 'meta' (...)``, for messages."""
+    names = ["'cpu'"]
+    for kind in ("cuda", "mps", "xpu"):
+        count = _device_count(kind)
+        if count:
+            names.append(f"'{kind}'" + (f" ('{kind}:0' to '{kind}:{count - 1}')" if count > 1 else ""))
+    return "devices here: " + ", ".join([*names, "'meta' (structure only, no memory)"])
 
 
 def _build(resolved: Resolved, device: str | torch.device, dtype: torch.dtype | str | None) -> nn.Module:
@@ -347,7 +384,13 @@ def open_target(
     path: str | os.PathLike[str], *, device: str | torch.device = "cpu", progress: Progress | None = None
 ) -> Target:
     """Open ``path``: a spec (built on ``device``; ``meta`` for structure only), a build
-    folder (loaded and verified), or a ``report.json`` (read as is)."""
+    folder (loaded and verified), or a ``report.json`` (read and checked for consistency).
+
+    Raises:
+        UsageError: ``bad-device``. ReportError: a report.json that is malformed or
+        contradicts itself (``bad-report``, with the JSON path of each problem).
+    """
+    _parse_device(device)  # before anything is read or built, whatever the target
     p = Path(path)
     if p.is_dir():
         module = load(p)
@@ -362,11 +405,10 @@ def open_target(
         return Target(rep, module, weights)
     if p.suffix == ".json":
         try:
-            return Target(Report.model_validate_json(p.read_bytes()), None, None)
+            data = p.read_bytes()
         except OSError as e:
-            raise BuildDirError(f"cannot read {p}: {e.strerror}") from e
-        except pydantic.ValidationError as e:
-            raise BuildDirError(f"{p} is not a modelspec report.json: {e.errors()[0]['msg']}") from e
+            raise ReportError(f"cannot read {p}: {e.strerror}", code="file-error") from e
+        return Target(read_report(data, str(p)), None, None)  # schema and consistency checked
     module = _build(compile_spec(p), device, None)
     return Target(report(module, progress=progress), module, None)
 
@@ -386,6 +428,7 @@ def diff(a: str | os.PathLike[str] | Report, b: str | os.PathLike[str] | Report,
 def _diff_side(side: str | os.PathLike[str] | Report) -> tuple[Report, Callable[[str], torch.Tensor] | None]:
     """A side of a diff: its report, and its weights when it is a build folder."""
     if isinstance(side, Report):
+        check_report(side)
         return side, None
     path = Path(side)
     is_spec = not path.is_dir() and path.suffix != ".json"
@@ -401,10 +444,19 @@ def grads(module: nn.Module, x: torch.Tensor | None = None, *, batch: int | None
         x: the input; by default a random batch shaped like the spec's ``input``
             (``batch`` replaces its first dimension), seeded by ``seed``.
         loss: ``"sum"`` of the outputs, or ``"mse"`` against zeros.
+
+    Raises:
+        UsageError: ``no-input`` (no ``x`` and no ``input`` in the spec), ``too-large``
+        (the batch or the pass does not fit in memory: checked before allocating),
+        or the input does not fit the model.
     """
     info = _INFO.get(module)
     if x is None:
         if info is None or info.spec.input is None:
-            raise BuildDirError("no input given and the module's spec has no 'input'")
-        x = example_batch(info.spec.input, batch, seed)
+            raise UsageError("no input given and the module's spec has no 'input'", code="no-input")
+        shape = [batch if i == 0 and batch is not None else n for i, n in enumerate(info.spec.input.shape)]
+        dtype = DTYPES[info.spec.input.dtype]
+        with allocating(tensor_bytes(shape, dtype), torch.device("cpu"), f"a batch {shape} {info.spec.input.dtype}",
+                        "use a smaller batch (--batch N)"):  # fmt: skip
+            x = example_batch(info.spec.input, batch, seed)
     return gradients(module, x, loss=loss, seed=seed, info=info)

@@ -25,6 +25,8 @@ from torch.nn.parameter import UninitializedParameter
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
+from ._fmt import human_bytes
+from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._resolve import Resolved
 from ._spec import Children, Layer, Node, Seq, Spec, Use
 
@@ -94,10 +96,26 @@ class _Builder:
         try:
             return entry.cls(**node.values)
         except Exception as e:  # noqa: BLE001 - torch raises many types for bad values
+            if is_out_of_memory(e):  # a size the spec states but this machine cannot hold
+                spec = self.spec.file if self.spec.file != "<spec>" else "SPEC"
+                message = f"{node.type}(...) needs {_size_on_meta(entry.cls, node.values)}, more than can be allocated"
+                hint = f"see the sizes without allocating: modelspec report {spec} --device meta"
+                self.errors.add("too-large", message, node.path, hint=hint)
+                return nn.Identity()
             self.errors.add(
                 "build-error", f"{node.type}(...) failed: {_first_line(e)}", node.path, hint="check the argument values"
             )
             return nn.Identity()
+
+
+def _size_on_meta(cls: type[nn.Module], values: dict[str, Any]) -> str:
+    """What a layer's tensors take, found by constructing it on ``meta`` (no memory)."""
+    try:
+        with torch.device("meta"):
+            m = cls(**values)
+    except Exception:  # noqa: BLE001 - the size is a courtesy; the error is reported anyway
+        return "more memory"
+    return human_bytes(sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()]))
 
 
 def _first_line(e: BaseException) -> str:
@@ -448,4 +466,8 @@ def example_input(spec: Spec, device: Any = "cpu") -> torch.Tensor:
     """
     assert spec.input is not None
     dtype = DTYPES[spec.input.dtype]
-    return torch.zeros(spec.input.shape, dtype=torch.float32 if dtype.is_floating_point else dtype, device=device)
+    device = torch.device(device)
+    dtype = torch.float32 if dtype.is_floating_point else dtype
+    fix = "make input.shape smaller (it only sizes the layers: a batch of 2 is enough), or use '--device meta'"
+    with allocating(tensor_bytes(spec.input.shape, dtype), device, f"the example input {list(spec.input.shape)}", fix):
+        return torch.zeros(spec.input.shape, dtype=dtype, device=device)

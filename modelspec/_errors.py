@@ -7,6 +7,7 @@ Every error modelspec raises derives from :class:`ModelspecError`::
     ├── UsageError          an option is invalid: device, dtype, batch, input tensor (also a ValueError)
     ├── BuildDirError       a build folder is missing, incomplete or not modelspec's
     ├── CheckpointError     a checkpoint is corrupt, its checksums or ties do not match
+    ├── ReportError         a report.json is malformed or contradicts itself; carries JSON paths
     └── TieMismatchError    a module's sharing no longer matches its spec (on save)
 
 A :class:`Diagnostic` is one finding about a spec: a stable ``code`` (tests match on
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "Diagnostic",
     "ModelspecError",
+    "ReportError",
     "SpecError",
     "SpecWarning",
     "TieMismatchError",
@@ -153,6 +155,31 @@ class CheckpointError(ModelspecError):
     """A checkpoint is corrupt: checksums, tensor names or tie map do not match."""
 
     default_code = "checkpoint"
+
+
+class ReportError(ModelspecError):
+    """A ``report.json`` is not one: malformed, out of range, or contradicting itself.
+
+    ``problems`` lists every finding as ``(json path, message)``, e.g.
+    ``("tensors[3].numel", "10 but shape [2, 3] has 6 elements")``.
+    """
+
+    default_code = "bad-report"
+    shown = 8  # problems named in the message; all are in ``problems``
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = (), *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.problems: tuple[tuple[str, str], ...] = tuple(problems)
+
+    @classmethod
+    def of(cls, source: str, what: str, problems: Sequence[tuple[str, str]]) -> ReportError:
+        """``SOURCE WHAT (N problems):`` and the first few, one per line."""
+        n = len(problems)
+        lines = [f"{source} {what} ({n} problem{'s' if n != 1 else ''}):"]
+        lines += [f"    {path}: {message}" for path, message in problems[: cls.shown]]
+        if n > cls.shown:
+            lines.append(f"    ... and {n - cls.shown} more")
+        return cls("\n".join(lines), problems)
 
 
 class TieMismatchError(ModelspecError):

@@ -22,7 +22,8 @@ def human_count(n: int) -> str:
 
 def human_bytes(n: int) -> str:
     """``2048`` -> ``2.00 KiB``."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    units = (("EiB", 1 << 60), ("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+    for unit, size in units:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} B"

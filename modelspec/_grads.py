@@ -24,6 +24,7 @@ from ._build import DTYPES, BuildInfo
 from ._errors import UsageError
 from ._fmt import text_table
 from ._inventory import FrozenModel, inventory
+from ._memory import is_out_of_memory
 
 __all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
 
@@ -181,30 +182,40 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     back afterwards; existing ``.grad`` values are replaced by this pass's.
 
     Raises:
-        UsageError: no parameter is trainable, or ``x`` does not fit the model.
+        UsageError: ``no-gradient`` (no parameter is trainable), ``input-mismatch``
+        (``x`` does not fit the model), ``too-large`` (the pass ran out of memory).
     """
     structure = inventory(module, info, values=False)
     params = dict(module.named_parameters())
     if not any(p.requires_grad for p in params.values()):
-        raise UsageError("the model has no trainable parameters: there is no gradient to show")
+        raise UsageError("the model has no trainable parameters: there is no gradient to show", code="no-gradient")
     calls: list[dict[str, Any]] = []
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
     module.zero_grad(set_to_none=True)
     try:
         with torch.random.fork_rng(devices=[]), _recording(module, structure.tie_groups, calls):
             torch.manual_seed(seed)
+            described = f"the input {list(x.shape)} {str(x.dtype).removeprefix('torch.')}"
             try:
-                outs = _forward(module, x)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0]
+                try:
+                    outs = _forward(module, x)
+                except Exception as e:
+                    if is_out_of_memory(e):
+                        raise
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise UsageError(
+                        f"{described} does not fit the model: {type(e).__name__}: {first}", code="input-mismatch"
+                    ) from e
+                total = sum(o.float().sum() if loss == "sum" else F.mse_loss(o.float(), torch.zeros_like(o.float()))
+                            for o in outs)  # fmt: skip
+                assert isinstance(total, torch.Tensor)
+                total.backward()
+            except (RuntimeError, MemoryError) as e:
+                if not is_out_of_memory(e):
+                    raise
                 raise UsageError(
-                    f"the input {list(x.shape)} {str(x.dtype).removeprefix('torch.')} does not fit the model: "
-                    f"{type(e).__name__}: {first}"
+                    f"the pass on {described} ran out of memory; use a smaller batch (--batch N)", code="too-large"
                 ) from e
-            total = sum(o.float().sum() if loss == "sum" else F.mse_loss(o.float(), torch.zeros_like(o.float()))
-                        for o in outs)  # fmt: skip
-            assert isinstance(total, torch.Tensor)
-            total.backward()
     finally:
         with torch.no_grad():
             for b, saved in buffers:  # the pass must not change running statistics
@@ -280,6 +291,7 @@ def render_grads_text(r: GradReport) -> str:
             for s in g.sites:
                 call = f" (call {s.call})" if s.call > 1 else ""
                 out.append(f"    from {s.site}{call}: |contribution| {s.norms[n]:.6g}")
-            out.append(f"    sum of contributions  {g.sum_norms[n]:.6g}")
-            out.append(f"    .grad                 {g.grad_norms[n]:.6g}   (relative difference {g.rel_error[n]:.2g})")
+            rel = f"(relative difference {g.rel_error[n]:.2g})"
+            out.append(f"    |sum of contributions|  {g.sum_norms[n]:.6g}")
+            out.append(f"    |.grad|                 {g.grad_norms[n]:.6g}   {rel}")
     return "\n".join(out) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,14 @@ __all__ = [
 
 REPORT_VERSION = 1
 
+#: One tensor's element count or size: never negative, at most int64 as in PyTorch.
+Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+#: A byte count or a sum of element counts: never negative; 2^96 leaves room for sums
+#: of int64 sizes times itemsize, aliases and Adam's copies, and refuses absurd numbers.
+Total = Annotated[int, Field(ge=0, le=2**96)]
+#: A sha256 hex digest as ``hashlib`` writes it.
+SHA256 = r"^[0-9a-f]{64}$"
+
 
 class FrozenModel(BaseModel):
     """Base of every report model: immutable, and unknown fields are errors."""
@@ -51,7 +59,7 @@ class TensorStats(FrozenModel):
     min: float | None
     max: float | None
     l2: float | None = Field(description="L2 norm")
-    nonfinite: int = Field(0, description="number of NaN/inf elements")
+    nonfinite: Count = Field(0, description="number of NaN/inf elements")
 
 
 class TensorEntry(FrozenModel):
@@ -61,14 +69,14 @@ class TensorEntry(FrozenModel):
     aliases: list[str] = Field(description="every qualified name that reaches this tensor, canonical first")
     kind: Literal["parameter", "buffer"]
     block: str | None = Field(description="the innermost named block that owns it")
-    shape: list[int]
+    shape: list[Count]
     dtype: str
-    numel: int
-    bytes: int
+    numel: Count
+    bytes: Total
     requires_grad: bool
     persistent: bool = Field(True, description="buffers only: saved in state_dict")
     stats: TensorStats | None = Field(description="None on the meta device")
-    sha256: str | None = Field(description="sha256 of the raw bytes in C order; None on meta")
+    sha256: str | None = Field(pattern=SHA256, description="sha256 of the raw bytes in C order; None on meta")
 
 
 class TieGroup(FrozenModel):
@@ -82,7 +90,7 @@ class TieGroup(FrozenModel):
     block: str | None
     sites: list[str]
     tensors: list[str] = Field(description="canonical names of the tied tensors")
-    numel: int = Field(description="elements stored once for the group")
+    numel: Total = Field(description="elements stored once for the group")
 
 
 class BlockSummary(FrozenModel):
@@ -91,23 +99,23 @@ class BlockSummary(FrozenModel):
 
     name: str
     sites: list[str]
-    tensors: int
-    params: int
+    tensors: Count
+    params: Total
 
 
 class Totals(FrozenModel):
     """Model-wide counts; ``naive_params - unique_params == saved_by_sharing``."""
 
-    unique_params: int = Field(description="parameter elements, each tensor counted once")
-    naive_params: int = Field(description="the sum over every name: what double-counting tools show")
-    saved_by_sharing: int
-    unique_tensors: int
-    param_bytes: int
-    trainable_params: int
-    frozen_params: int
-    buffer_numel: int
-    buffer_bytes: int
-    training_bytes_adam: int = Field(
+    unique_params: Total = Field(description="parameter elements, each tensor counted once")
+    naive_params: Total = Field(description="the sum over every name: what double-counting tools show")
+    saved_by_sharing: Total
+    unique_tensors: Count
+    param_bytes: Total
+    trainable_params: Total
+    frozen_params: Total
+    buffer_numel: Total
+    buffer_bytes: Total
+    training_bytes_adam: Total = Field(
         description="weights + gradients + Adam's two moment buffers (activations not included)"
     )
 
@@ -119,7 +127,7 @@ class ModuleEntry(FrozenModel):
     aliases: list[str]
     type: str = Field(description="class name, e.g. 'Linear'")
     block: str | None = Field(description="the named block this module is (or lies inside)")
-    params: int = Field(description="parameter elements held directly (not by children)")
+    params: Total = Field(description="parameter elements held directly (not by children)")
 
 
 class ChildSummary(FrozenModel):
@@ -127,9 +135,9 @@ class ChildSummary(FrozenModel):
 
     name: str
     type: str
-    params: int = Field(description="parameter elements inside, each tensor counted once")
-    tensors: int
-    shared_params: int = Field(description="of those, elements also reachable from another top-level child")
+    params: Total = Field(description="parameter elements inside, each tensor counted once")
+    tensors: Count
+    shared_params: Total = Field(description="of those, elements also reachable from another top-level child")
 
 
 class Report(FrozenModel):
@@ -139,7 +147,7 @@ class Report(FrozenModel):
     version: Literal[1] = REPORT_VERSION
     modelspec_version: str = __version__
     name: str | None
-    spec_sha256: str | None
+    spec_sha256: str | None = Field(pattern=SHA256)
     device: str
     totals: Totals
     tensors: list[TensorEntry]

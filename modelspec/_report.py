@@ -71,7 +71,7 @@ def render_md(report: Report, depth: int | None = None) -> str:
     lines += ["", "## Architecture", "", "Shared blocks are drawn once, with an edge from every use.", ""]
     lines += ["```mermaid", to_mermaid(report, depth=depth).rstrip("\n"), "```"]
     if depth is not None:
-        lines += ["", f"## Modules at depth {depth}", ""]
+        lines += ["", f"## Modules at depth {depth}", "", "A shared tensor counts in each module that reaches it.", ""]
         lines += _md_table(
             ["module", "type", "tensors", "parameters", "shared", "buffers"],
             [[f"`{f.name or '(root)'}`" + "".join(f"<br>`{a}`" for a in f.also), f.type, str(f.tensors),
@@ -146,14 +146,18 @@ def _md_tail(report: Report) -> list[str]:
 # ------------------------------------------------------------------ depth folding
 @dataclass(frozen=True)
 class Fold:
-    """The tensors under one module at a given depth, counted once each."""
+    """The tensors reachable from one module at a given depth, each counted once.
+
+    A shared tensor counts in every fold that reaches it (as in the top-level children
+    section), so the folds' ``params`` may add up to more than the unique total.
+    """
 
     name: str  # module path ('' for the root's own tensors)
     type: str
     tensors: int
-    params: int  # parameter elements whose canonical name lies in this fold
+    params: int  # parameter elements reachable from this fold
     buffers: int
-    shared: int  # of ``params``, elements also reachable from outside this fold
+    shared: int  # of ``params``, elements also reachable under a name outside this fold
     also: tuple[str, ...] = ()  # other names of this module when it is shared
 
 
@@ -163,12 +167,17 @@ def _prefix(name: str, depth: int) -> str:
 
 
 def fold(report: Report, depth: int) -> list[Fold]:
-    """Group tensors by their module at ``depth`` (0: the whole model), in report order."""
+    """Group tensors by the modules at ``depth`` that reach them (0: the whole model).
+
+    A module shared under several names is one fold; folds come in the order in which
+    the report's tensors first reach them.
+    """
     types = {alias: m.type for m in report.modules for alias in m.aliases}
     aliases = {alias: m.aliases for m in report.modules for alias in m.aliases}
     groups: dict[str, list[TensorEntry]] = {}
     for e in report.tensors:
-        groups.setdefault(_prefix(e.name, depth), []).append(e)
+        for prefix in dict.fromkeys(aliases.get(p, [p])[0] for p in (_prefix(a, depth) for a in e.aliases)):
+            groups.setdefault(prefix, []).append(e)
     out = []
     for prefix, entries in groups.items():
         params = [e for e in entries if e.kind == "parameter"]
