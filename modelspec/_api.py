@@ -22,14 +22,14 @@ import yaml
 from ._build import DTYPES, BuildInfo, build_module
 from ._checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
 from ._diff import Diff, diff_reports
-from ._errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
+from ._errors import BuildDirError, Diagnostic, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
-from ._source import load_text
+from ._source import load_text, read_file
 from ._spec import Spec, parse
 
 __all__ = [
@@ -72,11 +72,7 @@ def _read(source: SpecSource) -> tuple[str, str]:
     if not is_path:
         return str(source), "<spec>"
     path = Path(source)
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise SpecError([Diagnostic("file-error", f"cannot read the spec: {reason}", file=str(path))]) from e
+    return read_file(path), str(path)  # at most MAX_BYTES, UTF-8, else a SpecError
 
 
 def compile_spec(source: SpecSource) -> Resolved:
