@@ -102,7 +102,7 @@ def _resolve_plain(value: str) -> str:
 class _Limit(Exception):
     """A limit was crossed; stops loading at once (the rest may be huge or deep)."""
 
-    def __init__(self, code: str, message: str, hint: str, at: tuple[int, int] | None) -> None:
+    def __init__(self, code: str, message: str, hint: str, at: tuple[int | None, int | None] | None) -> None:
         super().__init__(message)
         self.code, self.message, self.hint, self.at = code, message, hint, at
 
@@ -295,25 +295,39 @@ class _Converter:
         self.text = text
         self.errors = errors
         self.seen: set[int] = set()
-        self.copies = 0
+        self.copies = 0  # nodes added by alias expansion
+        self.alias_site: tuple[int | None, int | None] | None = None
 
     def convert(self, node: yaml.Node, path: SpecPath) -> Any:
-        if id(node) in self.seen:  # reached again through an alias (or a merge)
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return self._convert(node, path)
+        # Reached again through an alias (or a merge): a copy. Errors point at the entry
+        # holding the outermost alias, not at the anchor the copy came from.
+        outer = self.alias_site is None
+        if outer:
+            self.alias_site = self.errors.position(path) if path else _pos(node.start_mark)
+        try:
+            return self._convert(node, path)
+        finally:
+            if outer:
+                self.alias_site = None
+
+    def _convert(self, node: yaml.Node, path: SpecPath) -> Any:
+        if self.alias_site is not None:
             self.copies += 1
             if self.copies > MAX_NODES:
                 raise _Limit(
                     "alias-limit",
                     f"aliases expand the spec by more than {MAX_NODES:,} nodes",
                     "write the structure out, or use fewer aliases",
-                    self.errors.position(path) if path else _pos(node.start_mark),
+                    self.alias_site,
                 )
-        else:
-            self.seen.add(id(node))
         self.errors.positions.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if len(path) >= MAX_DEPTH:  # aliases can nest deeper than the text does
-            raise _too_deep(self.errors.position(path))
+            raise _too_deep(self.alias_site or self.errors.position(path))
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 self._bad_tag(node, path)
