@@ -76,6 +76,8 @@ _LEADING_ZERO_RE = re.compile(r"[-+]?0[0-9]+")
 _YAML11_BOOL = {w: True for w in "y Y yes Yes YES on On ON true True TRUE".split()} | {
     w: False for w in "n N no No NO off Off OFF false False FALSE".split()
 }
+#: YAML 1.1 booleans that are common names: accepted as keys, rejected as values.
+_SINGLE_LETTERS = frozenset("yYnN")
 _YAML11_NUMBER_RE = re.compile(
     r"[-+]?0b[01_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+"
     r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+"
@@ -379,6 +381,8 @@ class _Converter:
         if not isinstance(node, yaml.ScalarNode) or node.tag not in (*_SCALAR_TAGS, _AMBIGUOUS):
             self.errors.add("bad-key", "mapping keys must be plain scalars", path, at=at)
             return None
+        if node.tag == _AMBIGUOUS and node.value in _SINGLE_LETTERS:
+            return node.value  # 'x', 'y', 'n' are names; PyYAML never read them as booleans
         if node.tag == _AMBIGUOUS:
             self.errors.add(
                 "bad-key",

@@ -186,6 +186,12 @@ def test_quoted_yaml11_words_are_plain_text() -> None:
     assert data == {"modelspec": 1, "on": 1, "yes": 2, "name": "off"}
 
 
+def test_single_letter_keys_are_names() -> None:
+    # YAML 1.1 lists y/n as booleans, but PyYAML never read them so; as keys they are names
+    data = load_text(HEAD + "model: {x: ReLU, y: ReLU, n: ReLU, N: ReLU}\n").data
+    assert list(data["model"]) == ["x", "y", "n", "N"]
+
+
 def test_ambiguous_values_say_both_readings_and_the_fix() -> None:
     with pytest.raises(SpecError) as info:
         load_text(LIST + "  - Linear: {in_features: 010, out_features: 1:00, bias: off}\n")
