@@ -349,7 +349,12 @@ class _Converter:
                 for source in sources:
                     value = self.convert(source, path)
                     if not isinstance(value, dict):
-                        self.errors.add("yaml-merge", "'<<' must merge a mapping", path)
+                        self.errors.add(
+                            "yaml-merge",
+                            "'<<' must merge a mapping",
+                            path,
+                            hint="merge an anchored mapping: 'base: &base {...}', then '<<: *base'",
+                        )
                         continue
                     for k, v in value.items():
                         merged.setdefault(k, v)
@@ -379,7 +384,13 @@ class _Converter:
         """A mapping key as a name, or None after reporting why it is not one."""
         at = _pos(node.start_mark)
         if not isinstance(node, yaml.ScalarNode) or node.tag not in (*_SCALAR_TAGS, _AMBIGUOUS):
-            self.errors.add("bad-key", "mapping keys must be plain scalars", path, at=at)
+            self.errors.add(
+                "bad-key",
+                "mapping keys must be plain names, not lists, mappings or tagged values",
+                path,
+                hint="write a name before the ':' ('? ' at the start of a line begins a complex key)",
+                at=at,
+            )
             return None
         if node.tag == _AMBIGUOUS and node.value in _SINGLE_LETTERS:
             return node.value  # 'x', 'y', 'n' are names; PyYAML never read them as booleans

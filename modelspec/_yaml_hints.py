@@ -181,6 +181,45 @@ def explain_syntax_error(error: yaml.MarkedYAMLError, text: str) -> tuple[str, s
             _pos(cm),
         )
 
+    if problem == "could not find expected ':'" or problem == "mapping values are not allowed here":
+        pass  # explained above where recognised; otherwise the general message below
+    elif problem == "sequence entries are not allowed here":
+        return (
+            "yaml-syntax",
+            "a list item '- ' cannot start here",
+            "start the list on the next line, indented ('model:' then '  - ReLU'), or write it in brackets: [ReLU]",
+            at,
+        )
+    cannot_start = re.match(r"found character '(?P<char>.+)' that cannot start any token", problem)
+    if cannot_start:
+        char = cannot_start["char"]
+        return (
+            "yaml-syntax",
+            f"'{char}' cannot start a value written without quotes",
+            "quote the value ('...') if it is meant as text",
+            at,
+        )
+    for starts, what, hint in (
+        ("while scanning an alias", "'*' starts an alias and must be followed by its name", "'*'"),
+        ("while scanning an anchor", "'&' starts an anchor and must be followed by its name", "'&'"),
+        ("while scanning a block scalar", "'|' and '>' start a block of text on the lines below", "'|' or '>'"),
+        ("while scanning a tag", "'!' starts a YAML tag (a spec needs none)", "'!'"),
+        ("while parsing a tag", "'!' starts a YAML tag (a spec needs none)", "'!'"),
+        ("while scanning a directive", "'%' at the start of a line is a YAML directive", "'%'"),
+    ):
+        if context.startswith(starts):
+            return "yaml-syntax", what, f"quote the value if {hint} is meant as text", at
+
+    if "undefined tag handle" in problem:
+        return "yaml-syntax", "'!' starts a YAML tag (a spec needs none)", "quote the value if '!' is meant as text", at
+    if context.startswith("while parsing a flow node") and problem.endswith(("found ','", "found ']'", "found '}'")):
+        return (
+            "yaml-syntax",
+            "a value is missing here",
+            "write the value, or remove the extra ','",
+            at,
+        )
+
     undefined = re.match(r"found undefined alias '(?P<name>.*)'", problem)
     if undefined:
         name = undefined["name"]
@@ -256,6 +295,18 @@ def _explain_colon(lines: list[str], pm: yaml.Mark, at: Position) -> tuple[str, 
         found = _no_space_colon(lines[above], above + 1)
         if found is not None and _indent(line) >= _indent(lines[above]):
             return ("yaml-syntax", *found)
+    if (
+        above is not None
+        and _indent(line) == _indent(lines[above])
+        and ":" not in lines[above]
+        and not _is_item(lines[above])
+    ):
+        return (
+            "yaml-syntax",
+            f"line {above + 1} has no ':' after its key",
+            "write 'key: value' with a space after ':'",
+            (above + 1, _indent(lines[above]) + 1),
+        )
     before = line[: pm.column]
     if ": " in before or before.rstrip().endswith(":"):
         return (

@@ -117,6 +117,10 @@ BAD: dict[str, tuple[str | bytes, str, int, int]] = {
     "key-without-colon": (LIST + "  - ReLU\nseed 1\n", "yaml-syntax", 4, 1),
     "undefined-alias": (HEAD + "model: *layers\n", "yaml-syntax", 2, 8),
     "two-documents": (HEAD + "---\nmodel: [ReLU]\n", "yaml-syntax", 2, 1),
+    "list-on-key-line": (HEAD + "model: - ReLU\n", "yaml-syntax", 2, 8),
+    "percent-value": (HEAD + "name: %mlp\nmodel: [ReLU]\n", "yaml-syntax", 2, 7),
+    "empty-flow-entry": (HEAD + "input: {shape: [, 4]}\nmodel: [ReLU]\n", "yaml-syntax", 2, 17),
+    "first-key-without-colon": ("modelspec 1\nmodel: [ReLU]\n", "yaml-syntax", 1, 1),
     "bad-escape": (HEAD + 'name: "a\\qb"\nmodel: [ReLU]\n', "yaml-syntax", 2, 10),
 }
 
