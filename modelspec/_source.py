@@ -12,7 +12,8 @@ composer, with these guards (each problem is a Diagnostic with its own code and 
 * YAML 1.2 core scalars only: ``true``/``false``, decimal/``0o``/``0x`` integers, floats
   with ``.inf``/``.nan``, ``null``/``~``/empty. Forms that YAML 1.1 (and so PyYAML's
   defaults and many other tools) reads differently, e.g. ``off``, ``yes``, ``010``,
-  ``1:00``, ``1_000``, are rejected (``ambiguous-value``) rather than silently read one way.
+  ``1:00``, ``1_000``, are rejected (``ambiguous-value``) rather than silently read one way
+  (see :mod:`._yaml_scalars`).
   An explicit core tag whose value does not fit (``!!bool maybe``) is ``bad-value``;
 * duplicate keys are rejected (PyYAML keeps the last silently, pyyaml #165), dates stay
   strings, and only core tags are accepted (``!!python/...`` is ``yaml-tag``);
@@ -26,7 +27,6 @@ composer, with these guards (each problem is a Diagnostic with its own code and 
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -38,6 +38,21 @@ from yaml.events import CollectionEndEvent, CollectionStartEvent, NodeEvent
 
 from ._errors import Collector, Diagnostic, SpecError, SpecPath
 from ._yaml_hints import explain_syntax_error, line_col, suspicious_plain_scalar
+from ._yaml_scalars import (
+    AMBIGUOUS,
+    MERGE,
+    MISFIT,
+    SCALAR_TAGS,
+    SINGLE_LETTERS,
+    STR,
+    ambiguity,
+    construct,
+    kind,
+    misfit_hint,
+    resolve_plain,
+    show,
+    yaml11_reading,
+)
 
 __all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "Document", "load_text", "read_file"]
 
@@ -53,52 +68,12 @@ MAX_DEPTH = 100
 #: an alias bomb (``a: &a [x, x]``, ``b: &b [*a, *a]``, ...) must stop within a second.
 MAX_NODES = 100_000
 
-_CORE = "tag:yaml.org,2002:"
-_STR, _INT, _FLOAT, _BOOL, _NULL = (_CORE + t for t in ("str", "int", "float", "bool", "null"))
-_SCALAR_TAGS = {_STR, _INT, _FLOAT, _BOOL, _NULL}
-_SEQ_TAG = _CORE + "seq"
-_MAP_TAG = _CORE + "map"
-_MERGE_TAG = _CORE + "merge"
-#: Private tag for plain scalars that YAML 1.1 and YAML 1.2 read differently.
-_AMBIGUOUS = "tag:modelspec,2026:ambiguous"
-
-# YAML 1.2 core schema (https://yaml.org/spec/1.2.2/#1032-tag-resolution), except that
-# integers with a leading zero are ambiguous (octal in YAML 1.1) rather than decimal.
-_NULL_RE = re.compile(r"~|null|Null|NULL|")
-_BOOL_RE = re.compile(r"true|True|TRUE|false|False|FALSE")
-_INT_RE = re.compile(r"[-+]?(?:0|[1-9][0-9]*)|0o[0-7]+|0x[0-9a-fA-F]+")
-_FLOAT_RE = re.compile(
-    r"[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
-)
-_LEADING_ZERO_RE = re.compile(r"[-+]?0[0-9]+")
-# YAML 1.1 (https://yaml.org/type/): what PyYAML's defaults and many other tools read.
-_YAML11_BOOL = {w: True for w in "y Y yes Yes YES on On ON true True TRUE".split()} | {
-    w: False for w in "n N no No NO off Off OFF false False FALSE".split()
-}
-#: YAML 1.1 booleans that are common names: accepted as keys, rejected as values.
-_SINGLE_LETTERS = frozenset("yYnN")
-_YAML11_NUMBER_RE = re.compile(
-    r"[-+]?0b[01_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+"
-    r"|[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+"
-    r"|[-+]?(?:[0-9][0-9_]*)?\.[0-9_]*(?:[eE][-+][0-9]+)?|[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*"
-)
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
 
 # Characters YAML 1.2 allows in a stream (c-printable); the same set PyYAML checks.
 _NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BACKSPACE", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL"}
-
-
-def _resolve_plain(value: str) -> str:
-    """The tag of an untagged plain scalar under YAML 1.2 core (or ``_AMBIGUOUS``)."""
-    for regex, tag in ((_NULL_RE, _NULL), (_BOOL_RE, _BOOL), (_INT_RE, _INT), (_FLOAT_RE, _FLOAT)):
-        if regex.fullmatch(value):
-            return tag
-    if value == "<<":
-        return _MERGE_TAG
-    if value in _YAML11_BOOL or _YAML11_NUMBER_RE.fullmatch(value) or _LEADING_ZERO_RE.fullmatch(value):
-        return _AMBIGUOUS
-    return _STR
 
 
 class _Limit(Exception):
@@ -135,7 +110,7 @@ class _Loader(yaml.SafeLoader):
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is yaml.ScalarNode and implicit[0]:
-            return _resolve_plain(value)
+            return resolve_plain(value)
         return str(super().resolve(kind, value, implicit))
 
     def get_event(self) -> Any:
@@ -344,7 +319,7 @@ class _Converter:
         out: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:  # '<<: *base' copies keys, explicit keys win
+            if key_node.tag == MERGE:  # '<<: *base' copies keys, explicit keys win
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for source in sources:
                     value = self.convert(source, path)
@@ -383,7 +358,7 @@ class _Converter:
     def _key(self, node: yaml.Node, path: SpecPath) -> str | None:
         """A mapping key as a name, or None after reporting why it is not one."""
         at = _pos(node.start_mark)
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in (*_SCALAR_TAGS, _AMBIGUOUS):
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (*SCALAR_TAGS, AMBIGUOUS):
             self.errors.add(
                 "bad-key",
                 "mapping keys must be plain names, not lists, mappings or tagged values",
@@ -392,28 +367,28 @@ class _Converter:
                 at=at,
             )
             return None
-        if node.tag == _AMBIGUOUS and node.value in _SINGLE_LETTERS:
+        if node.tag == AMBIGUOUS and node.value in SINGLE_LETTERS:
             return node.value  # 'x', 'y', 'n' are names; PyYAML never read them as booleans
-        if node.tag == _AMBIGUOUS:
+        if node.tag == AMBIGUOUS:
             self.errors.add(
                 "bad-key",
-                f"the key {_show(node.value)} means {_yaml11_reading(node.value)} in YAML 1.1 and the text "
-                f"{_show(node.value)} in YAML 1.2; tools disagree on it",
+                f"the key {show(node.value)} means {yaml11_reading(node.value)} in YAML 1.1 and the text "
+                f"{show(node.value)} in YAML 1.2; tools disagree on it",
                 path,
                 hint=f"quote it: '{node.value}'",
                 at=at,
             )
             return None
-        if node.tag == _STR:
+        if node.tag == STR:
             return str(self._scalar(node, path, at=at))
-        key = _construct(node.tag, node.value)
-        if key is _MISFIT:
+        key = construct(node.tag, node.value)
+        if key is MISFIT:
             self._misfit(node, path, at)
             return None
         shown = "null" if key is None else repr(key)
         self.errors.add(
             "bad-key",
-            f"the key {_show(node.value)} is read by YAML as {_kind(node.tag)} {shown}, not as a name",
+            f"the key {show(node.value)} is read by YAML as {kind(node.tag)} {shown}, not as a name",
             path,
             hint=f"quote it: '{node.value}'",
             at=at,
@@ -423,21 +398,21 @@ class _Converter:
     def _scalar(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int] | None = None) -> Any:
         at = at or _pos(node.start_mark)
         tag, value = node.tag, node.value
-        if tag == _AMBIGUOUS:
+        if tag == AMBIGUOUS:
             self._ambiguous(node, path, at)
             return None
-        if tag not in _SCALAR_TAGS:
+        if tag not in SCALAR_TAGS:
             self._bad_tag(node, path)
             return None
-        if tag == _STR:
+        if tag == STR:
             if node.style is None:  # plain: catch valid YAML that is almost surely a typo
                 found = suspicious_plain_scalar(node, self.text)
                 if found is not None:
                     message, hint, where = found
                     self.errors.add("yaml-syntax", message, path, hint=hint, at=where)
             return value
-        result = _construct(tag, value)
-        if result is _MISFIT:
+        result = construct(tag, value)
+        if result is MISFIT:
             self._misfit(node, path, at)
             return None
         return result
@@ -445,33 +420,15 @@ class _Converter:
     def _misfit(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int]) -> None:
         self.errors.add(
             "bad-value",
-            f"{_show(node.value)} is not a YAML 1.2 {_kind(node.tag)} (tag '!!{node.tag.removeprefix(_CORE)}')",
+            f"{show(node.value)} is not a YAML 1.2 {kind(node.tag)} (tag '!!{node.tag.rsplit(':', 1)[-1]}')",
             path,
-            hint=_MISFIT_HINTS[node.tag],
+            hint=misfit_hint(node.tag),
             at=at,
         )
 
     def _ambiguous(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int]) -> None:
-        value = node.value
-        if value in _YAML11_BOOL:
-            hint = f"write {str(_YAML11_BOOL[value]).lower()}, or quote it ('{value}') to mean the text"
-        elif len(value) > 40:
-            hint = "write the number without leading zeros or '_', or quote it to mean the text"
-        elif _LEADING_ZERO_RE.fullmatch(value):
-            hint = f"write {int(value, 10)} without the leading zero (0o{value.lstrip('+-0') or 0} for octal)"
-            if not set(value.lstrip("+-")) <= set("01234567"):
-                hint = f"write {int(value, 10)} without the leading zero"
-        else:
-            reading = _yaml11_reading(value)
-            hint = f"write {reading} if you mean that number, or quote it ('{value}') to mean the text"
-        self.errors.add(
-            "ambiguous-value",
-            f"{_show(value)} means {_yaml11_reading(value)} in YAML 1.1 but "
-            f"{_yaml12_reading(value)} in YAML 1.2; modelspec does not guess",
-            path,
-            hint=hint,
-            at=at,
-        )
+        message, hint = ambiguity(node.value)
+        self.errors.add("ambiguous-value", message, path, hint=hint, at=at)
 
     def _bad_tag(self, node: yaml.Node, path: SpecPath) -> None:
         self.errors.add(
@@ -481,72 +438,6 @@ class _Converter:
             hint="specs hold plain data only; remove the tag",
             at=_pos(node.start_mark),
         )
-
-
-_MISFIT = object()
-_MISFIT_HINTS = {
-    _BOOL: "write true or false",
-    _INT: "write a whole number, e.g. 8, -3, 0o17 or 0x1F (no leading zeros, no '_')",
-    _FLOAT: "write a number, e.g. 0.5, 1e-3, .inf or .nan",
-    _NULL: "write null or ~, or leave the value empty",
-}
-
-
-def _construct(tag: str, value: str) -> Any:
-    """The value of a core-tagged scalar under YAML 1.2 rules, or ``_MISFIT``."""
-    if tag == _NULL:
-        return None if _NULL_RE.fullmatch(value) else _MISFIT
-    if tag == _BOOL:
-        return value.lower() == "true" if _BOOL_RE.fullmatch(value) else _MISFIT
-    if tag == _INT:
-        if not _INT_RE.fullmatch(value):
-            return _MISFIT
-        try:
-            if value.startswith(("0o", "0x")):
-                return int(value[2:], 8 if value[1] == "o" else 16)
-            return int(value)
-        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
-            return _MISFIT
-    if _INT_RE.fullmatch(value) and not value.startswith(("0o", "0x")):  # !!float 1 -> 1.0
-        return float(value)
-    if not _FLOAT_RE.fullmatch(value):
-        return _MISFIT
-    lowered = value.lower()
-    if lowered.endswith(".inf"):
-        return -math.inf if value.startswith("-") else math.inf
-    if lowered == ".nan":
-        return math.nan
-    return float(value)
-
-
-def _kind(tag: str) -> str:
-    return {_BOOL: "boolean", _INT: "integer", _FLOAT: "float", _NULL: "null"}.get(tag, "text")
-
-
-def _yaml11_reading(value: str) -> str:
-    """What YAML 1.1 (PyYAML's default) makes of a plain scalar, in words."""
-    if value in _YAML11_BOOL:
-        return str(_YAML11_BOOL[value]).lower()
-    if len(value) > 40:
-        return "a number"
-    if _LEADING_ZERO_RE.fullmatch(value) and not set(value.lstrip("+-")) <= set("01234567"):
-        return f"the text {value!r}"
-    try:
-        number = yaml.safe_load(value)  # PyYAML implements YAML 1.1; value is one plain token
-    except (yaml.YAMLError, ValueError):  # pragma: no cover - the token matched a YAML 1.1 number form
-        return f"the text {value!r}"
-    return repr(number) if isinstance(number, int | float) and not isinstance(number, bool) else f"the text {value!r}"
-
-
-def _yaml12_reading(value: str) -> str:
-    if _LEADING_ZERO_RE.fullmatch(value):
-        return str(int(value, 10)) if len(value) <= 40 else "a decimal number"
-    return f"the text {_show(value)}"
-
-
-def _show(value: str) -> str:
-    """``value`` quoted for a message, shortened if long."""
-    return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
 
 
 def _pos(mark: yaml.Mark) -> tuple[int, int]:
