@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from yaml.events import CollectionEndEvent, CollectionStartEvent, NodeEvent
+from yaml.events import CollectionEndEvent, CollectionStartEvent
 
 from ._errors import Collector, Diagnostic, SpecError, SpecPath
 from ._yaml_hints import explain_syntax_error, line_col, suspicious_plain_scalar
@@ -106,7 +106,6 @@ class _Loader(yaml.SafeLoader):
     def __init__(self, text: str) -> None:
         super().__init__(text)
         self.depth = 0
-        self.nodes = 0
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
         if kind is yaml.ScalarNode and implicit[0]:
@@ -123,8 +122,6 @@ class _Loader(yaml.SafeLoader):
                 raise _too_deep(_pos(event.start_mark))
         elif isinstance(event, CollectionEndEvent):
             self.depth -= 1
-        if isinstance(event, NodeEvent):
-            self.nodes += 1
         return event
 
 
@@ -247,6 +244,10 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     except yaml.MarkedYAMLError as e:
         code, message, hint, at = explain_syntax_error(e, text)
         errors.add(code, message, hint=hint, at=at)
+        errors.raise_if_errors()
+        raise AssertionError("unreachable") from e
+    except yaml.YAMLError as e:  # unmarked (a reader error): the checks above should catch these first
+        errors.add("yaml-syntax", f"YAML error: {e}", hint="check the file is a UTF-8 YAML text", at=(1, 1))
         errors.raise_if_errors()
         raise AssertionError("unreachable") from e
     finally:
