@@ -152,6 +152,16 @@ def explain_syntax_error(error: yaml.MarkedYAMLError, text: str) -> tuple[str, s
         closer = flow["closer"]
         opener = "[" if closer == "]" else "{"
         found = _TOKENS.get(flow["found"].strip("'"), flow["found"])
+        if pm is not None and pm.line == cm.line:
+            start = pm.column  # back from the ':' to the start of the key it ends
+            while start > 0 and line[start - 1] not in " \t,[{":
+                start -= 1
+            return (
+                "yaml-syntax",
+                f"a ',' is missing before this entry of the '{opener}' at column {cm.column + 1}",
+                f"separate the entries with ', ', and close the '{opener}' with '{closer}'",
+                (pm.line + 1, start + 1),
+            )
         return (
             "yaml-syntax",
             f"the '{opener}' here is not closed: line {at[0]}, column {at[1]} has {found} "
@@ -220,6 +230,17 @@ def explain_syntax_error(error: yaml.MarkedYAMLError, text: str) -> tuple[str, s
             at,
         )
 
+    if problem.startswith("expected '<document start>'"):
+        first = next(
+            (j for j, text_line in enumerate(lines) if text_line.strip() and not text_line.strip().startswith("#")), 0
+        )
+        return (
+            "yaml-syntax",
+            f"this line does not line up with the spec's first line (line {first + 1}, column "
+            f"{_indent(lines[first]) + 1})",
+            "start every top-level key in the same column, usually column 1",
+            at,
+        )
     undefined = re.match(r"found undefined alias '(?P<name>.*)'", problem)
     if undefined:
         name = undefined["name"]

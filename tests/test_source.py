@@ -121,6 +121,8 @@ BAD: dict[str, tuple[str | bytes, str, int, int]] = {
     "percent-value": (HEAD + "name: %mlp\nmodel: [ReLU]\n", "yaml-syntax", 2, 7),
     "empty-flow-entry": (HEAD + "input: {shape: [, 4]}\nmodel: [ReLU]\n", "yaml-syntax", 2, 17),
     "first-key-without-colon": ("modelspec 1\nmodel: [ReLU]\n", "yaml-syntax", 1, 1),
+    "missing-comma-in-braces": (LIST + "  - Linear: {in_features: 2 out_features: 3}\n", "yaml-syntax", 3, 29),
+    "indented-first-line": (" modelspec: 1\nmodel: [ReLU]\n", "yaml-syntax", 2, 1),
     "bad-escape": (HEAD + 'name: "a\\qb"\nmodel: [ReLU]\n', "yaml-syntax", 2, 10),
 }
 
