@@ -22,7 +22,7 @@ from ._build import DTYPES, BuildInfo, build_module
 from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
-from ._errors import BuildDirError, Diagnostic, ReportError, SpecError, SpecWarning, TieMismatchError, UsageError
+from ._errors import BuildDirError, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
@@ -30,7 +30,7 @@ from ._inventory import Report, inventory
 from ._memory import allocating, tensor_bytes
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
-from ._source import load_text
+from ._source import load_text, read_file
 from ._spec import Spec, parse
 
 __all__ = [
@@ -73,11 +73,7 @@ def _read(source: SpecSource) -> tuple[str, str]:
     if not is_path:
         return str(source), "<spec>"
     path = Path(source)
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise SpecError([Diagnostic("file-error", f"cannot read the spec: {reason}", file=str(path))]) from e
+    return read_file(path), str(path)  # at most MAX_BYTES, UTF-8, else a SpecError
 
 
 def compile_spec(source: SpecSource) -> Resolved:

@@ -1,49 +1,128 @@
 """Stage 1: YAML text -> plain data + the source position of every node.
 
-PyYAML's ``safe_load`` is safe against code execution but has three traps for a model
-spec, all handled here on the composed node tree instead of the constructed objects:
+A spec is read with YAML 1.2 core-schema semantics, on PyYAML's pure-Python parser and
+composer, with these guards (each problem is a Diagnostic with its own code and position):
 
-* duplicate keys are kept last-wins, silently (pyyaml #165): rejected here;
-* ``2024-01-01`` becomes a ``datetime.date``: the timestamp resolver is switched off;
-* an alias ``*x`` constructs to the *same* Python object as its anchor, so a builder that
-  cached by ``id()`` would tie weights by accident. Here every occurrence is converted
-  afresh, so an alias is always an independent copy. Expansion is capped, which also
-  defuses alias bombs and recursive anchors.
-
-Only the core YAML tags are accepted (``!!python/...`` and custom tags are errors).
+* limits, each checked before the work it bounds: file size (``too-large``, read at most
+  MAX_BYTES + 1 bytes), nesting depth while the parser streams events, before the
+  recursive composer sees them (``too-deep``), and nodes added by alias expansion
+  (``alias-limit``);
+* bytes that are not UTF-8 (``bad-encoding``) and characters YAML forbids, such as NUL
+  (``bad-character``), with line:column;
+* YAML 1.2 core scalars only: ``true``/``false``, decimal/``0o``/``0x`` integers, floats
+  with ``.inf``/``.nan``, ``null``/``~``/empty. Forms that YAML 1.1 (and so PyYAML's
+  defaults and many other tools) reads differently, e.g. ``off``, ``yes``, ``010``,
+  ``1:00``, ``1_000``, are rejected (``ambiguous-value``) rather than silently read one way
+  (see :mod:`._yaml_scalars`).
+  An explicit core tag whose value does not fit (``!!bool maybe``) is ``bad-value``;
+* duplicate keys are rejected (PyYAML keeps the last silently, pyyaml #165), dates stay
+  strings, and only core tags are accepted (``!!python/...`` is ``yaml-tag``);
+* an alias ``*x`` is the *same* node as its anchor, so a builder that cached by ``id()``
+  would tie weights by accident. Here every occurrence is converted afresh: an alias is
+  always an independent copy;
+* syntax errors (``yaml-syntax``, ``tab-indent``) and valid YAML that is almost surely a
+  typo (``-ReLU``, ``in_features:2``, a list item indented deeper than the one above it)
+  get a message in the user's terms and a hint with the fix, see :mod:`._yaml_hints`.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import yaml
+from yaml.events import CollectionEndEvent, CollectionStartEvent
 
-from ._errors import Collector, SpecPath
+from ._errors import Collector, Diagnostic, SpecError, SpecPath
+from ._yaml_hints import explain_syntax_error, line_col, suspicious_plain_scalar
+from ._yaml_scalars import (
+    AMBIGUOUS,
+    MERGE,
+    MISFIT,
+    SCALAR_TAGS,
+    SINGLE_LETTERS,
+    STR,
+    ambiguity,
+    construct,
+    kind,
+    misfit_hint,
+    resolve_plain,
+    show,
+    yaml11_reading,
+)
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "Document", "load_text"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "Document", "load_text", "read_file"]
 
-#: Cap on the number of nodes after alias expansion (a 1,000-layer spec has ~5,000).
-MAX_NODES = 1_000_000
-#: Cap on nesting depth, far beyond any real model, far below Python's recursion limit.
-MAX_DEPTH = 150
+#: Largest spec file read, in bytes. A 1,000-layer model written out layer by layer is
+#: about 60 KB, so this leaves eight times that. It also bounds the work: PyYAML's
+#: pure-Python parser reads about 100 KB/s (so 4 MiB would take 40 s and over 1 GB), and a
+#: file that never ends (/dev/zero, a pipe) is refused after reading MAX_BYTES + 1 bytes.
+MAX_BYTES = 512 * 1024
+#: Deepest nesting of lists and mappings, far beyond any real model (a GPT-2 spec nests
+#: about 8 deep) and far below Python's recursion limit in the stages that walk the tree.
+MAX_DEPTH = 100
+#: Most nodes that alias expansion may add: a 1,000-layer spec has ~5,000 nodes in all, and
+#: an alias bomb (``a: &a [x, x]``, ``b: &b [*a, *a]``, ...) must stop within a second.
+MAX_NODES = 100_000
 
-_CORE = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
-_SEQ_TAG = _CORE + "seq"
-_MAP_TAG = _CORE + "map"
-_MERGE_TAG = _CORE + "merge"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MAP_TAG = "tag:yaml.org,2002:map"
+
+# Characters YAML 1.2 allows in a stream (c-printable); the same set PyYAML checks.
+_NOT_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_CONTROL_NAMES = {0x00: "NUL", 0x07: "BEL", 0x08: "BACKSPACE", 0x0B: "VT", 0x0C: "FF", 0x1B: "ESC", 0x7F: "DEL"}
+
+
+class _Limit(Exception):
+    """A limit was crossed; stops loading at once (the rest may be huge or deep)."""
+
+    def __init__(self, code: str, message: str, hint: str, at: tuple[int | None, int | None] | None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.hint, self.at = code, message, hint, at
+
+
+def _too_deep(at: tuple[int, int]) -> _Limit:
+    return _Limit(
+        "too-deep",
+        f"the spec nests lists and mappings more than {MAX_DEPTH} levels deep",
+        "flatten the structure: name a block under 'blocks:' and 'use:' it",
+        at,
+    )
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader without the timestamp resolver (dates stay strings)."""
+    """PyYAML's safe loader with YAML 1.2 core resolution and a depth check on the event stream.
 
+    Scalars are not constructed here: :class:`_Converter` does that from the node tree.
+    """
 
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != _CORE + "timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    # None of YAML 1.1's implicit resolvers (booleans 'yes'/'on', octal '010', base-60
+    # '1:00', timestamps, '='): :meth:`resolve` decides every plain scalar's tag.
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {}
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.depth = 0
+
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is yaml.ScalarNode and implicit[0]:
+            return resolve_plain(value)
+        return str(super().resolve(kind, value, implicit))
+
+    def get_event(self) -> Any:
+        # The composer recurses once per nesting level and takes every collection's start
+        # event before descending into it: counting here stops it before Python's limit.
+        event = super().get_event()
+        if isinstance(event, CollectionStartEvent):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise _too_deep(_pos(event.start_mark))
+        elif isinstance(event, CollectionEndEvent):
+            self.depth -= 1
+        return event
 
 
 @dataclass(frozen=True)
@@ -55,8 +134,93 @@ class Document:
     file: str
 
 
-class _TooBig(Exception):
-    pass
+def read_file(path: Path) -> str:
+    """The text of the spec file at ``path``: at most MAX_BYTES of UTF-8.
+
+    Raises:
+        SpecError: ``file-error`` (cannot be read), ``too-large``, ``bad-encoding``.
+    """
+    file = str(path)
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)  # never more: /dev/zero or a pipe that never ends
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise SpecError(
+            [Diagnostic("file-error", f"cannot read the spec: {reason}", file=file, hint="check the path")]
+        ) from e
+    if len(data) > MAX_BYTES:
+        raise SpecError([_too_large(file)])
+    return decode(data, file)
+
+
+def decode(data: bytes, file: str = "<spec>") -> str:
+    """``data`` as UTF-8 text; ``bad-encoding`` at the first byte that is not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(
+            [
+                Diagnostic(
+                    "bad-encoding",
+                    "the spec is UTF-16 text; modelspec reads UTF-8 only",
+                    file=file,
+                    line=1,
+                    column=1,
+                    hint="save the file as UTF-8",
+                )
+            ]
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = data[: e.start].decode("utf-8")  # valid up to the first bad byte
+        line, column = line_col(before, len(before))
+        raise SpecError(
+            [
+                Diagnostic(
+                    "bad-encoding",
+                    f"byte 0x{data[e.start]:02X} is not valid UTF-8 ({e.reason})",
+                    file=file,
+                    line=line,
+                    column=column,
+                    hint="save the file as UTF-8 (e.g. in your editor's 'Save with Encoding')",
+                )
+            ]
+        ) from e
+
+
+def _too_large(file: str) -> Diagnostic:
+    return Diagnostic(
+        "too-large",
+        f"the spec is larger than {MAX_BYTES // 1024:,} KiB, more than any model needs",
+        file=file,
+        line=1,
+        column=1,
+        hint="is this the right file? Name repeated parts once under 'blocks:' and 'use:' them",
+    )
+
+
+def _bad_character(text: str, file: str) -> Diagnostic | None:
+    match = _NOT_PRINTABLE.search(text)
+    if match is None:
+        return None
+    char = match.group()
+    code = ord(char)
+    name = _CONTROL_NAMES.get(code) or unicodedata.name(char, "control character" if code < 0xA0 else "")
+    what = f"U+{code:04X}" + (f" ({name})" if name else "")
+    others = len(_NOT_PRINTABLE.findall(text)) - 1
+    more = f"; {others:,} more in the file" if others else ""
+    if code == 0:
+        hint = "remove it: NUL bytes mean the file is binary or UTF-16; save the spec as UTF-8 text"
+    elif 0xD800 <= code <= 0xDFFF:
+        hint = "remove it: a lone surrogate is not a character"
+    else:
+        hint = f'remove it; to put it in a text, write an escape in double quotes: "\\x{code:02x}"'
+        if code > 0xFF:
+            hint = f'remove it; to put it in a text, write an escape in double quotes: "\\u{code:04x}"'
+    line, column = line_col(text, match.start())
+    return Diagnostic(
+        "bad-character", f"the character {what} is not allowed in YAML{more}", (), file, line, column, hint
+    )
 
 
 def load_text(text: str, file: str = "<spec>") -> Document:
@@ -64,23 +228,26 @@ def load_text(text: str, file: str = "<spec>") -> Document:
 
     All problems found in the tree are reported together, each with file:line:col.
     """
+    if len(text) > MAX_BYTES or (len(text) > MAX_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_BYTES):
+        raise SpecError([_too_large(file)])
+    bad = _bad_character(text, file)
+    if bad is not None:
+        raise SpecError([bad])
     errors = Collector(file=file)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
-        problem = " ".join(p for p in (e.context, e.problem) if p) or "invalid YAML"
-        errors.add(
-            "yaml-syntax",
-            f"YAML syntax error: {problem}",
-            at=(line, col) if line is not None else None,
-        )
+    except _Limit as e:
+        errors.add(e.code, e.message, hint=e.hint, at=e.at)
         errors.raise_if_errors()
         raise AssertionError("unreachable") from e
-    except yaml.YAMLError as e:  # reader errors (e.g. control characters)
-        errors.add("yaml-syntax", f"YAML error: {e}")
+    except yaml.MarkedYAMLError as e:
+        code, message, hint, at = explain_syntax_error(e, text)
+        errors.add(code, message, hint=hint, at=at)
+        errors.raise_if_errors()
+        raise AssertionError("unreachable") from e
+    except yaml.YAMLError as e:  # unmarked (a reader error): the checks above should catch these first
+        errors.add("yaml-syntax", f"YAML error: {e}", hint="check the file is a UTF-8 YAML text", at=(1, 1))
         errors.raise_if_errors()
         raise AssertionError("unreachable") from e
     finally:
@@ -89,33 +256,56 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     if node is None:
         errors.add("empty-spec", "the spec is empty", hint="start with 'modelspec: 1'", at=(1, 1))
         errors.raise_if_errors()
-    converter = _Converter(loader, errors)
+    converter = _Converter(text, errors)
     try:
         data = converter.convert(node, ())
-    except _TooBig as e:
-        errors.add("alias-limit", str(e), hint="write the structure out, or use fewer aliases")
+    except _Limit as e:
+        errors.items.clear()  # what was found before the limit may be an artefact of it
+        errors.add(e.code, e.message, hint=e.hint, at=e.at)
     errors.raise_if_errors()
     return Document(data=data, positions=errors.positions, file=file)
 
 
 class _Converter:
-    def __init__(self, loader: _Loader, errors: Collector) -> None:
-        self.loader = loader
+    """Node tree -> plain data, recording positions; every alias occurrence is a fresh copy."""
+
+    def __init__(self, text: str, errors: Collector) -> None:
+        self.text = text
         self.errors = errors
-        self.count = 0
+        self.seen: set[int] = set()
+        self.copies = 0  # nodes added by alias expansion
+        self.alias_site: tuple[int | None, int | None] | None = None
 
     def convert(self, node: yaml.Node, path: SpecPath) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise _TooBig(f"the spec expands to more than {MAX_NODES:,} nodes (alias expansion)")
-        if len(path) > MAX_DEPTH:
-            raise _TooBig(f"the spec nests deeper than {MAX_DEPTH} levels")
-        self.errors.positions.setdefault(path, _mark(node))
+        if id(node) not in self.seen:
+            self.seen.add(id(node))
+            return self._convert(node, path)
+        # Reached again through an alias (or a merge): a copy. Errors point at the entry
+        # holding the outermost alias, not at the anchor the copy came from.
+        outer = self.alias_site is None
+        if outer:
+            self.alias_site = self.errors.position(path) if path else _pos(node.start_mark)
+        try:
+            return self._convert(node, path)
+        finally:
+            if outer:
+                self.alias_site = None
+
+    def _convert(self, node: yaml.Node, path: SpecPath) -> Any:
+        if self.alias_site is not None:
+            self.copies += 1
+            if self.copies > MAX_NODES:
+                raise _Limit(
+                    "alias-limit",
+                    f"aliases expand the spec by more than {MAX_NODES:,} nodes",
+                    "write the structure out, or use fewer aliases",
+                    self.alias_site,
+                )
+        self.errors.positions.setdefault(path, _pos(node.start_mark))
         if isinstance(node, yaml.ScalarNode):
-            if node.tag not in _SCALAR_TAGS:
-                self._bad_tag(node, path)
-                return None
-            return self.loader.construct_object(node, deep=True)
+            return self._scalar(node, path)
+        if len(path) >= MAX_DEPTH:  # aliases can nest deeper than the text does
+            raise _too_deep(self.alias_site or self.errors.position(path))
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ_TAG:
                 self._bad_tag(node, path)
@@ -130,28 +320,23 @@ class _Converter:
         out: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:  # '<<: *base' copies keys, explicit keys win
+            if key_node.tag == MERGE:  # '<<: *base' copies keys, explicit keys win
                 sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for source in sources:
                     value = self.convert(source, path)
                     if not isinstance(value, dict):
-                        self.errors.add("yaml-merge", "'<<' must merge a mapping", path)
+                        self.errors.add(
+                            "yaml-merge",
+                            "'<<' must merge a mapping",
+                            path,
+                            hint="merge an anchored mapping: 'base: &base {...}', then '<<: *base'",
+                        )
                         continue
                     for k, v in value.items():
                         merged.setdefault(k, v)
                 continue
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _SCALAR_TAGS:
-                self.errors.add("bad-key", "mapping keys must be plain scalars", path, at=_mark(key_node))
-                continue
-            key = self.loader.construct_object(key_node, deep=True)
-            if not isinstance(key, str):  # YAML 1.1 reads `on`, `no`, `1` as bool or number
-                self.errors.add(
-                    "bad-key",
-                    f"the key {key_node.value!r} is read by YAML as {type(key).__name__} {key!r}, not as a name",
-                    path,
-                    hint=f"quote it: '{key_node.value}'",
-                    at=_mark(key_node),
-                )
+            key = self._key(key_node, path)
+            if key is None:
                 continue
             if key in out:
                 first = self.errors.positions.get((*path, key))
@@ -161,15 +346,90 @@ class _Converter:
                     f"duplicate key '{key}'{where}; YAML would silently keep only the last",
                     (*path, key),
                     hint="remove or rename one of them",
-                    at=_mark(key_node),
+                    at=_pos(key_node.start_mark),
                 )
                 continue
             # A key's position is its key token, so errors point at the name the user typed.
-            self.errors.positions[(*path, key)] = _mark(key_node)
+            self.errors.positions[(*path, key)] = _pos(key_node.start_mark)
             out[key] = self.convert(value_node, (*path, key))
         for k, v in merged.items():
             out.setdefault(k, v)
         return out
+
+    def _key(self, node: yaml.Node, path: SpecPath) -> str | None:
+        """A mapping key as a name, or None after reporting why it is not one."""
+        at = _pos(node.start_mark)
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (*SCALAR_TAGS, AMBIGUOUS):
+            self.errors.add(
+                "bad-key",
+                "mapping keys must be plain names, not lists, mappings or tagged values",
+                path,
+                hint="write a name before the ':' ('? ' at the start of a line begins a complex key)",
+                at=at,
+            )
+            return None
+        if node.tag == AMBIGUOUS and node.value in SINGLE_LETTERS:
+            return node.value  # 'x', 'y', 'n' are names; PyYAML never read them as booleans
+        if node.tag == AMBIGUOUS:
+            self.errors.add(
+                "bad-key",
+                f"the key {show(node.value)} means {yaml11_reading(node.value)} in YAML 1.1 and the text "
+                f"{show(node.value)} in YAML 1.2; tools disagree on it",
+                path,
+                hint=f"quote it: '{node.value}'",
+                at=at,
+            )
+            return None
+        if node.tag == STR:
+            return str(self._scalar(node, path, at=at))
+        key = construct(node.tag, node.value)
+        if key is MISFIT:
+            self._misfit(node, path, at)
+            return None
+        shown = "null" if key is None else repr(key)
+        self.errors.add(
+            "bad-key",
+            f"the key {show(node.value)} is read by YAML as {kind(node.tag)} {shown}, not as a name",
+            path,
+            hint=f"quote it: '{node.value}'",
+            at=at,
+        )
+        return None
+
+    def _scalar(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int] | None = None) -> Any:
+        at = at or _pos(node.start_mark)
+        tag, value = node.tag, node.value
+        if tag == AMBIGUOUS:
+            self._ambiguous(node, path, at)
+            return None
+        if tag not in SCALAR_TAGS:
+            self._bad_tag(node, path)
+            return None
+        if tag == STR:
+            if node.style is None:  # plain: catch valid YAML that is almost surely a typo
+                found = suspicious_plain_scalar(node, self.text)
+                if found is not None:
+                    message, hint, where = found
+                    self.errors.add("yaml-syntax", message, path, hint=hint, at=where)
+            return value
+        result = construct(tag, value)
+        if result is MISFIT:
+            self._misfit(node, path, at)
+            return None
+        return result
+
+    def _misfit(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int]) -> None:
+        self.errors.add(
+            "bad-value",
+            f"{show(node.value)} is not a YAML 1.2 {kind(node.tag)} (tag '!!{node.tag.rsplit(':', 1)[-1]}')",
+            path,
+            hint=misfit_hint(node.tag),
+            at=at,
+        )
+
+    def _ambiguous(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int]) -> None:
+        message, hint = ambiguity(node.value)
+        self.errors.add("ambiguous-value", message, path, hint=hint, at=at)
 
     def _bad_tag(self, node: yaml.Node, path: SpecPath) -> None:
         self.errors.add(
@@ -177,9 +437,10 @@ class _Converter:
             f"YAML tag '{node.tag}' is not allowed in a spec",
             path,
             hint="specs hold plain data only; remove the tag",
+            at=_pos(node.start_mark),
         )
 
 
-def _mark(node: yaml.Node) -> tuple[int, int]:
-    """1-based (line, column) where ``node`` starts."""
-    return node.start_mark.line + 1, node.start_mark.column + 1
+def _pos(mark: yaml.Mark) -> tuple[int, int]:
+    """1-based (line, column) of a PyYAML mark."""
+    return mark.line + 1, mark.column + 1

@@ -17,7 +17,7 @@ HEAD = "modelspec: 1\n"
 
 #: name -> (spec text, expected code, expected line, expected path in the message, a phrase of the fix)
 MALFORMED: dict[str, tuple[str, str, int, str, str | None]] = {
-    "syntax-error": (HEAD + "model: [Linear: [1, 2]\n", "yaml-syntax", 3, "", None),
+    "syntax-error": (HEAD + "model: [Linear: [1, 2]\n", "yaml-syntax", 2, "", "close it with ']'"),  # at the open [
     "bad-indent": (HEAD + "model:\n  - ReLU\n - ReLU\n", "yaml-syntax", 4, "", None),
     "duplicate-key": (HEAD + "seed: 1\nseed: 2\nmodel: [ReLU]\n", "duplicate-key", 3, "seed", "remove or rename"),
     "python-tag": (
