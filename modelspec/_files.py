@@ -70,8 +70,8 @@ def fault_point(name: str) -> None:
     elif action == "pause":
         os.write(2, f"modelspec-fault: paused at {name}\n".encode())
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline and _Signals.noted is None:  # a deferred signal ends the pause
+            time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ where a path may be written
@@ -261,6 +261,8 @@ class _Signals:
     the swap and the cleanup they are only noted. On exit the previous handlers come back
     and a noted signal is delivered to them (a default SIGTERM then ends the process)."""
 
+    noted: int | None = None  # the signal the writer now running got, for fault_point's pause
+
     def __init__(self) -> None:
         self.previous: dict[int, Any] = {}
         self.pending: int | None = None
@@ -276,11 +278,12 @@ class _Signals:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.pending is None:
-            self.pending = signum
+            self.pending = _Signals.noted = signum
             if not self.deferring:
                 raise _Interrupted(signum)
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        _Signals.noted = None
         for sig, prev in self.previous.items():
             signal.signal(sig, prev)
         if self.pending is not None:
