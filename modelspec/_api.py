@@ -23,10 +23,11 @@ from ._build import DTYPES, BuildInfo, build_module
 from ._checkpoint import load_checkpoint, read_metadata, save_checkpoint, unique_state
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Diagnostic, SpecError, SpecWarning, TieMismatchError, UsageError
-from ._files import atomic_dir, check_target, fault_point, recover
+from ._files import atomic_dir, check_target, recover
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
+from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._source import load_text

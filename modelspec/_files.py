@@ -14,7 +14,8 @@ Rules:
   listed, a changed file, a folder or link under a build file's name, the spec being
   built) is in the way: BuildDirError, and nothing is touched. The check runs before
   writing, again right before the swap, and once more on the moved-away old folder.
-- Files are removed only when the manifest vouches for them; folders only with rmdir.
+- An old build's files are removed only when its manifest vouches for them, a temp
+  folder's only when its writer.json proves it ours; folders only ever with rmdir.
 - SIGINT/SIGTERM while writing remove the temp folder, then act as they would have.
 - A killed writer leaves at worst its wrappers (``writer.json`` names its pid, host and
   start time). :func:`recover`, run by the next build or load of ``out``, puts the old
@@ -29,49 +30,22 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import FrameType, TracebackType
 from typing import Any
 
 from ._errors import BuildDirError
+from ._process import SignalGuard, alive, fault_point, start_time
 
-__all__ = ["MANIFEST_FILE", "atomic_dir", "atomic_write_text", "check_target", "fault_point", "make_folder", "recover"]
+__all__ = ["MANIFEST_FILE", "atomic_dir", "atomic_write_text", "check_target", "make_folder", "recover"]
 
 #: Written last into every build folder: each file modelspec wrote, with its size and sha256.
 MANIFEST_FILE = "manifest.json"
 _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
-_FAULT_ENV = "MODELSPEC_TEST_FAULT"
-
-
-def fault_point(name: str) -> None:
-    """Test hook: ``MODELSPEC_TEST_FAULT=ACTION@POINT`` makes a writer misbehave at a named point.
-
-    ACTION is ``kill`` (SIGKILL itself: a crash that runs no cleanup), ``pause`` (say so on
-    stderr and sleep, so that a test can signal it) or ``trace`` (say every point on stderr).
-    """
-    spec = os.environ.get(_FAULT_ENV)
-    if not spec:
-        return
-    action, _, point = spec.partition("@")
-    if action == "trace":
-        os.write(2, f"modelspec-fault: at {name}\n".encode())
-    if point != name:
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif action == "pause":
-        os.write(2, f"modelspec-fault: paused at {name}\n".encode())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _Signals.noted is None:  # a deferred signal ends the pause
-            time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ where a path may be written
@@ -247,84 +221,11 @@ def check_target(out: Path, keep: Iterable[Path] = ()) -> None:
     )
 
 
-# ------------------------------------------------------------------ signals while writing
-class _Interrupted(BaseException):
-    """Raised in the main thread by SIGINT/SIGTERM while a folder is being written."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _Signals:
-    """While writing, SIGINT/SIGTERM raise _Interrupted so that the cleanup runs; during
-    the swap and the cleanup they are only noted. On exit the previous handlers come back
-    and a noted signal is delivered to them (a default SIGTERM then ends the process)."""
-
-    noted: int | None = None  # the signal the writer now running got, for fault_point's pause
-
-    def __init__(self) -> None:
-        self.previous: dict[int, Any] = {}
-        self.pending: int | None = None
-        self.deferring = False
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                prev = signal.getsignal(sig)
-                if prev is not signal.SIG_IGN and prev is not None:  # ignored stays ignored
-                    self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.pending is None:
-            self.pending = _Signals.noted = signum
-            if not self.deferring:
-                raise _Interrupted(signum)
-
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        _Signals.noted = None
-        for sig, prev in self.previous.items():
-            signal.signal(sig, prev)
-        if self.pending is not None:
-            signal.raise_signal(self.pending)  # the previous handler decides: exit, KeyboardInterrupt, ...
-        if isinstance(exc, _Interrupted):  # ... or it returned: the write was still abandoned
-            name = signal.Signals(exc.signum).name
-            raise BuildDirError(f"interrupted by {name}; nothing was written", code="interrupted") from None
-
-
 # ------------------------------------------------------------------ the folder swap
-def _start_time(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks) of a process, from /proc; None where unknown."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        fields = text[text.rindex(")") + 2 :].split()
-        return fields[0], int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int, started: int | None) -> bool:
-    """Whether the writer ``pid`` may still run; True whenever that is not certain."""
-    if os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # EPERM: it exists, as another user
-    now = _start_time(pid)
-    if now is None:
-        return True
-    state, start = now
-    return state != "Z" and (started is None or start == started)
-
-
 def _make_wrapper(out: Path, kind: str) -> Path:
     pid = os.getpid()
     wrapper = Path(tempfile.mkdtemp(prefix=f".{out.name[:200]}.{kind}-{pid}-", dir=out.parent))
-    started = _start_time(pid)
+    started = start_time(pid)
     marker = {"written_by": _WRITTEN_BY, "target": out.name, "pid": pid, "host": socket.gethostname(),
               "started": started[1] if started else None}  # fmt: skip
     (wrapper / _MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
@@ -375,7 +276,7 @@ def atomic_dir(out: Path, *, keep: Iterable[Path] = ()) -> Iterator[Path]:
     recover(out)
     check_target(out, keep)
     make_folder(out.parent)
-    with _Signals() as signals:
+    with SignalGuard() as signals:
         wrapper: Path | None = None
         try:
             wrapper = _make_wrapper(out, "tmp")
@@ -444,7 +345,7 @@ def _stale_wrappers(out: Path) -> list[tuple[str, Path, bool]]:
         except (OSError, UnicodeDecodeError, ValueError):
             marker = None
         if not isinstance(marker, dict):
-            if not _alive(pid, None):
+            if not alive(pid, None):
                 found.append((kind, Path(entry.path), False))
             continue
         started = marker.get("started")
@@ -453,7 +354,7 @@ def _stale_wrappers(out: Path) -> list[tuple[str, Path, bool]]:
             and marker.get("target") == out.name
             and marker.get("pid") == pid
             and marker.get("host") == socket.gethostname()
-            and not _alive(pid, started if isinstance(started, int) else None)
+            and not alive(pid, started if isinstance(started, int) else None)
         ):
             found.append((kind, Path(entry.path), True))
     return sorted(found, key=lambda f: (f[0], f[1].name))
@@ -465,7 +366,11 @@ def recover(out: str | os.PathLike[str]) -> None:
 
     Best effort, never raises: a folder that cannot be repaired is left as it is.
     """
-    out = Path(os.path.abspath(out))
+    with contextlib.suppress(OSError):
+        _recover(Path(os.path.abspath(out)))
+
+
+def _recover(out: Path) -> None:
     stale = _stale_wrappers(out)
     if not os.path.lexists(out):  # killed between the two renames: the old build is complete
         for kind, wrapper, proven in stale:
@@ -477,6 +382,8 @@ def recover(out: str | os.PathLike[str]) -> None:
     for kind, wrapper, proven in stale:
         if proven:
             _discard_wrapper(wrapper, wrapper / out.name, kind)
-        else:
+        else:  # killed while writing writer.json: at most that (broken) file is in it
             with contextlib.suppress(OSError):
+                if os.listdir(wrapper) == [_MARKER] and (wrapper / _MARKER).is_file():
+                    os.unlink(wrapper / _MARKER)
                 os.rmdir(wrapper)

@@ -383,8 +383,11 @@ def test_recovery_leaves_what_is_not_provably_stale(built: tuple[Path, Path]) ->
     unmarked = _fake_wrapper(out, "old", dead, marker=False)  # no writer.json: not provably ours
     legacy = out.parent / f".{out.name}.tmp-k3j2h1g0"  # an older modelspec's temp folder: no pid, no marker
     legacy.mkdir()
+    half_marked = out.parent / f".{out.name}.tmp-{dead}-zz99yy88"  # killed while writing writer.json
+    half_marked.mkdir()
+    (half_marked / "writer.json").write_text('{"written_by": "mod')
     recover(out)
-    assert not stale.exists()
+    assert not stale.exists() and not half_marked.exists()
     assert live.exists() and unmarked.exists() and legacy.exists()
     assert (unmarked / out.name / "model.safetensors").read_bytes() == b"partial"
 
