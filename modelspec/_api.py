@@ -257,6 +257,7 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
 
     Raises:
         TieMismatchError: sharing, names or shapes no longer match the spec.
+        BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
     """
     out = Path(build_dir)
     recover(out)
