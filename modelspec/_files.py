@@ -45,6 +45,7 @@ __all__ = ["MANIFEST_FILE", "atomic_dir", "atomic_write_text", "check_target", "
 MANIFEST_FILE = "manifest.json"
 _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
+_VERIFIED: set[tuple[object, ...]] = set()  # files whose sha256 matched, by identity and times
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
 
 
@@ -156,7 +157,13 @@ def _why_not_ours(entry: os.DirEntry[str], record: dict[str, Any] | None) -> str
         return "was changed since modelspec wrote it"
     if st.st_mtime_ns == record["mtime_ns"]:  # untouched since written: no need to hash it again
         return None
-    return None if _sha256(Path(entry.path)) == record["sha256"] else "was changed since modelspec wrote it"
+    # copied or touched: the sha256 decides, once per process for the same unchanged file
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, record["sha256"])
+    if key not in _VERIFIED:
+        if _sha256(Path(entry.path)) != record["sha256"]:
+            return "was changed since modelspec wrote it"
+        _VERIFIED.add(key)
+    return None
 
 
 def _foreign(folder: Path) -> tuple[str | None, list[tuple[str, str]]]:
