@@ -23,11 +23,12 @@ from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
-from ._files import atomic_dir
+from ._files import atomic_dir, check_target, recover
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
 from ._memory import allocating, tensor_bytes
+from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._source import load_text, read_file
@@ -202,14 +203,22 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
 def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progress | None = None) -> Report:
     rep = inventory(module, info, progress=progress)
     spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, keep=_spec_files(info.spec)) as tmp:
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
+        fault_point("wrote-spec")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
         save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes)
+        fault_point("wrote-checkpoint")
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
         (tmp / REPORT_HTML).write_text(render_html(rep), encoding="utf-8")
+        fault_point("wrote-reports")
     return rep
+
+
+def _spec_files(spec: Spec) -> list[Path]:
+    """The spec file a build was made from, which writing the build must never replace."""
+    return [Path(spec.file)] if spec.file != "<spec>" and Path(spec.file).is_file() else []
 
 
 def _resolved_header(spec: Spec) -> str:
@@ -239,23 +248,36 @@ def write_build(
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
 
-    Nothing is left behind on error: the folder appears complete or not at all.
+    Nothing is left behind on error: the folder appears complete or not at all. An
+    existing ``out`` is replaced only if it is empty or holds nothing but the files a
+    previous build wrote there (as its ``manifest.json`` lists them, unchanged).
+
+    Raises:
+        BuildDirError: ``out`` is in the way; codes ``not-a-build-folder`` (not written by
+            modelspec), ``in-the-way`` (a build folder with something else in it),
+            ``would-overwrite-spec`` (it holds the spec being built), ``not-a-folder``.
     """
     if _parse_device(device).type == "meta":
         raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
     resolved = compile_spec(source)
     dt = _parse_dtype(dtype)
+    recover(out)
+    check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
     module = _build(resolved, device, dt)
     rep = _write_folder(module, _INFO[module], Path(out), progress)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)
 
 
 def _folder_spec(build_dir: Path) -> Resolved:
+    recover(build_dir)  # a build killed while replacing this folder: put the old one back, tidy up
     spec_path = build_dir / SPEC_FILE
     if not build_dir.is_dir():
-        raise BuildDirError(f"{build_dir} is not a folder")
+        raise BuildDirError(f"{build_dir} is not a folder", code="not-a-folder")
     if not spec_path.is_file() or not (build_dir / CHECKPOINT_FILE).is_file():
-        raise BuildDirError(f"{build_dir} is not a modelspec build folder (needs {SPEC_FILE} and {CHECKPOINT_FILE})")
+        raise BuildDirError(
+            f"{build_dir} is not a modelspec build folder (needs {SPEC_FILE} and {CHECKPOINT_FILE})",
+            code="not-a-build-folder",
+        )
     return compile_spec(spec_path)
 
 
@@ -268,8 +290,10 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
 
     Raises:
         TieMismatchError: sharing, names or shapes no longer match the spec.
+        BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
     """
     out = Path(build_dir)
+    recover(out)
     info = _INFO.get(module)
     if spec is not None:
         resolved = compile_spec(spec)
@@ -388,6 +412,8 @@ def open_target(
     """
     _parse_device(device)  # before anything is read or built, whatever the target
     p = Path(path)
+    if not p.exists():
+        recover(p)  # a build killed between its two renames: the old folder comes back
     if p.is_dir():
         module = load(p)
         ckpt = p / CHECKPOINT_FILE

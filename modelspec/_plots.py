@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ._errors import ModelspecError
+from ._files import make_folder
 from ._fmt import fmt_float
 from ._inventory import Report, TensorEntry
 
@@ -160,7 +161,7 @@ def save_histograms(
         tensors[e.name] = t
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     used: set[str] = set()
     written: list[Path] = []
     if by == "tensor":

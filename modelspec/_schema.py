@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _registry as registry
-from ._files import atomic_write_text
+from ._files import atomic_write_text, make_folder
 from ._inventory import Report
 from ._spec import _NAME, NODE_MARKER, RESERVED, RESERVED_CHILD_NAMES, RESERVED_MODEL_NAMES, SpecFile
 
@@ -113,7 +113,7 @@ def render_schemas() -> dict[str, str]:
 
 
 def write_schemas(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     written = []
     for name, text in render_schemas().items():
         written.append(atomic_write_text(folder / name, text))

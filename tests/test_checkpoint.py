@@ -27,6 +27,7 @@ def test_build_folder_contents(tmp_path: Path) -> None:
     out = tmp_path / "shared"
     modelspec.write_build(D2L / "shared.yaml", out)
     assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
         "model.safetensors",
         "report.html",
         "report.json",

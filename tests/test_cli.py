@@ -41,7 +41,14 @@ def test_build_json_output_is_data(tmp_path: Path) -> None:
     assert rc == 0
     payload = json.loads(out)
     assert payload["totals"]["unique_params"] == 4480
-    assert payload["files"] == ["model.safetensors", "report.html", "report.json", "report.md", "spec.yaml"]
+    assert payload["files"] == [
+        "manifest.json",
+        "model.safetensors",
+        "report.html",
+        "report.json",
+        "report.md",
+        "spec.yaml",
+    ]
 
 
 def test_usage_error_exits_2() -> None:

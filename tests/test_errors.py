@@ -216,7 +216,7 @@ def test_dates_stay_strings(tmp_path: Path) -> None:
         (["grads", "{spec}", "--input", "{wrong}"], "does not fit the model"),
         (["grads", "{spec}", "--batch", "0"], "expected a number >= 1"),
         (["report", "{spec}", "-o", "{tmp}"], "is a folder"),
-        (["report", "{spec}", "-o", "{tmp}/no/such/file.txt"], "does not exist"),
+        (["report", "{spec}", "-o", "{spec}/below/a/file.txt"], "error[not-a-folder]"),
         (["schema", "--check", "{tmp}/nope"], "is not a folder"),
     ],
 )
