@@ -4,9 +4,10 @@
   zero-copy view of its memory (no ``.numpy().tobytes()`` copy; works for bfloat16).
 * Statistics are accumulated in float64 and use only elementwise IEEE operations
   (conversion, subtraction, multiplication, addition), each correctly rounded whatever
-  the SIMD width, plus ``math.fsum``. Each 1 Mi-element chunk is summed by a fixed
-  pairwise tree: its right half is added to its left half, 10 times, which leaves
-  1 Ki partial sums; all partials are combined with ``math.fsum`` (exactly rounded). No
+  the SIMD width, plus ``math.fsum``. Each 256 Ki-element chunk (the last one padded
+  with zeros to a power of two) is summed by a fixed pairwise tree: its right half is
+  added to its left half until 256 partial sums are left; all partials are combined
+  with ``math.fsum`` (correctly rounded). No
   torch reduction (``sum``, ``norm``, ``dot``) is used: their order depends on the
   vector width and the thread count, so their last digits differ between machines.
   The results are therefore bitwise equal under any ``ATEN_CPU_CAPABILITY`` and any
