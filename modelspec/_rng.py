@@ -47,9 +47,10 @@ __all__ = ["RANDOM_OPS", "PortableInit", "normal_", "uniform_"]
 
 _aten = torch.ops.aten
 
-#: Values per step: the temporaries stay in the CPU's cache, and the per-call overhead
-#: is small next to the arithmetic (measured: 2**15 cost 15% more, 2**20 no less).
-_CHUNK = 1 << 17
+#: Values per step of the elementwise arithmetic: below torch's parallel grain size
+#: (32768), so each op runs on the calling thread. Forking intra-op threads thousands
+#: of times costs more than the arithmetic, and much more on a busy machine.
+_CHUNK = 1 << 15
 
 _LN2 = 0.6931471805599453  # ln 2 rounded to float64 (0x1.62e42fefa39efp-1)
 _SQRT2 = 1.4142135623730951  # sqrt(2) rounded to float64
@@ -143,11 +144,11 @@ def uniform_(t: torch.Tensor, lo: float = 0.0, hi: float = 1.0, *, generator: to
     low = None if symmetric else torch.tensor(lo, dtype=calc)
     first = -(1 << (bits - 1)) if symmetric else 0
     out = _output(t, calc)
-    ints = torch.empty(min(out.numel(), _CHUNK), dtype=torch.int64 if wide else torch.int32)
+    ints = out.view(torch.int64 if wide else torch.int32)  # draw into the output's own memory
+    ints.random_(first, first + (1 << bits), generator=generator)  # one serial call; exact integers
     for start in range(0, out.numel(), _CHUNK):
         part = out[start : start + _CHUNK]
-        k = ints[: part.numel()].random_(first, first + (1 << bits), generator=generator)
-        part.copy_(k).mul_(step)  # k converts exactly (|k| <= 2**bits); one rounding
+        part.copy_(ints[start : start + _CHUNK]).mul_(step)  # in place: k converts exactly; one rounding
         if low is not None:
             part.add_(low)  # one more rounding
     return _store(t, out)
