@@ -93,8 +93,8 @@ class PortableInit(TorchDispatchMode):
     Intercepts the aten ops, below Python: ``nn.init.kaiming_uniform_`` and friends
     (which check for torch-function overrides and would hide the inner call from a
     ``TorchFunctionMode``) reach them too. A call that passes its own CPU generator
-    draws from that one. Other random ops run unchanged and are listed, by aten name, in
-    ``unportable``.
+    draws from that one. Other random ops (and these two on complex tensors or with a
+    CUDA generator) run unchanged and are listed, by aten name, in ``unportable``.
     """
 
     def __init__(self, generator: torch.Generator) -> None:
@@ -116,6 +116,7 @@ class PortableInit(TorchDispatchMode):
                     for i, (name, default) in enumerate(zip(names, defaults, strict=True))
                 )
                 return (uniform_ if uniform else normal_)(t, a, b, generator=gen)
+            self.unportable.add(func._schema.name)  # complex or integer tensor, or a CUDA generator
         elif func._schema.name in RANDOM_OPS:
             self.unportable.add(func._schema.name)
         return func(*args, **kwargs)
@@ -139,9 +140,9 @@ def uniform_(t: torch.Tensor, lo: float = 0.0, hi: float = 1.0, *, generator: to
     # Symmetric bounds (every kaiming/xavier/bias init) draw k in [-2**(bits-1), 2**(bits-1))
     # and need one product; others draw k in [0, 2**bits) and add lo.
     symmetric = lo == -hi
-    width = torch.tensor(hi if symmetric else hi - lo, dtype=calc)  # rounded once to the working precision
+    width = torch.tensor(hi if symmetric else hi - lo, dtype=calc, device="cpu")  # rounded once
     step = width * 2.0 ** -(bits - 1 if symmetric else bits)  # exact: a power of two
-    low = None if symmetric else torch.tensor(lo, dtype=calc)
+    low = None if symmetric else torch.tensor(lo, dtype=calc, device="cpu")
     first = -(1 << (bits - 1)) if symmetric else 0
     out = _output(t, calc)
     ints = out.view(torch.int64 if wide else torch.int32)  # draw into the output's own memory
@@ -170,7 +171,7 @@ def normal_(t: torch.Tensor, mean: float = 0.0, std: float = 1.0, *, generator: 
     out = _output(t, torch.float64 if t.dtype == torch.float64 else torch.float32)
     n = out.numel()
     pairs, step = (n + 1) // 2, _CHUNK // 2
-    bits = torch.empty(min(pairs, step), dtype=torch.int64)
+    bits = torch.empty(min(pairs, step), dtype=torch.int64, device="cpu")
     for start in range(0, pairs, step):
         c = min(step, pairs - start)
         end = min(n, 2 * (start + c))
@@ -224,7 +225,7 @@ def _output(t: torch.Tensor, calc: torch.dtype) -> torch.Tensor:
     """A flat CPU buffer of dtype ``calc`` to draw into: ``t``'s own memory when it can be."""
     if t.device.type == "cpu" and t.dtype == calc and t.is_contiguous():
         return t.view(-1)
-    return torch.empty(t.numel(), dtype=calc)
+    return torch.empty(t.numel(), dtype=calc, device="cpu")  # explicit: a build may run under torch.device(...)
 
 
 def _store(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -148,3 +148,25 @@ def test_build_draws_from_the_spec_seed_not_the_global_rng() -> None:
     weight = uniform_(torch.empty(3, 4), -0.5, 0.5, generator=g)
     bias = uniform_(torch.empty(3), -0.5, 0.5, generator=g)
     assert torch.equal(a[0].weight, weight) and torch.equal(a[0].bias, bias)
+
+
+def test_factories_inside_do_not_follow_a_device_context() -> None:
+    """A build runs under ``torch.device(...)``: the draws stay on the CPU whatever it says."""
+    with torch.device("meta"), PortableInit(gen()):
+        w = nn.init.kaiming_uniform_(torch.empty(3, 4, device="cpu"))
+        v = nn.init.normal_(torch.empty(5, device="cpu"), std=0.1)
+        h = nn.init.uniform_(torch.empty(5, dtype=torch.float16, device="cpu"), -1.0, 2.0)
+    assert not w.is_meta and not v.is_meta and not h.is_meta
+    assert torch.equal(v, normal_(torch.empty(5), 0.0, 0.1, generator=_after(gen(), 12)))
+
+
+def _after(g: torch.Generator, n: int) -> torch.Generator:
+    uniform_(torch.empty(n), -1.0, 1.0, generator=g)  # consume n draws, as kaiming_uniform_ did
+    return g
+
+
+def test_complex_tensors_fall_back_and_are_recorded() -> None:
+    mode = PortableInit(gen())
+    with mode:
+        torch.empty(3, dtype=torch.complex64).uniform_()
+    assert mode.unportable == {"aten::uniform_"}
