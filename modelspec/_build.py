@@ -6,8 +6,9 @@ Each named block is constructed exactly once and that object is placed at every
 ``state_dict`` keys are those of the equivalent handwritten module and ``forward`` is
 PyTorch's own: nothing interprets the spec at run time.
 
-Initialization runs under a forked RNG seeded from the spec, so a build is
-deterministic and the caller's global RNG state is left as it was.
+Initialization draws from one generator seeded from the spec through portable
+``uniform_``/``normal_`` (see ``_rng``), so a build gives the same bits on every machine
+and the caller's global RNG state is left as it was.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._errors import Collector, SpecPath, format_path
 from ._fmt import human_bytes
 from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._resolve import Resolved
+from ._rng import PortableInit
 from ._spec import Children, Layer, Node, Seq, Spec, Use
 
 __all__ = ["DTYPES", "BuildInfo", "build_module"]
@@ -125,8 +127,16 @@ def _first_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Initialize from one generator seeded with ``seed``, the same bits on every machine.
+
+    ``uniform_``/``normal_`` (what every layer's default init ends in) draw from that one
+    CPU generator through :class:`~modelspec._rng.PortableInit`, whatever the SIMD level,
+    thread count or device. The global RNG is forked and seeded too, so anything else a
+    layer might draw stays deterministic on one machine and the caller's state is untouched.
+    """
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.device(device):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=devices), torch.device(device), PortableInit(generator):
         torch.manual_seed(seed)
         yield
 

@@ -1,12 +1,18 @@
-"""Checksums and summary statistics of tensors: exact, fast, thread-count independent.
+"""Checksums and summary statistics of tensors: exact, fast, the same bits on every machine.
 
 * The checksum is sha256 over the tensor's raw bytes in C order, read through a
   zero-copy view of its memory (no ``.numpy().tobytes()`` copy; works for bfloat16).
-* Statistics are accumulated in float64 over fixed 1 Mi-element chunks split into
-  4 Ki rows; the row partial sums are combined with ``math.fsum``. Every reduction
-  therefore has a fixed order, so results are bitwise equal whatever
-  ``torch.get_num_threads()`` is, and accurate (fp32 accumulation over tens of
-  millions of elements is off in the third digit).
+* Statistics are accumulated in float64 and use only elementwise IEEE operations
+  (conversion, subtraction, multiplication, addition), each correctly rounded whatever
+  the SIMD width, plus ``math.fsum``. Each 256 Ki-element chunk (the last one padded
+  with zeros to a power of two) is summed by a fixed pairwise tree: its right half is
+  added to its left half until 256 partial sums are left; all partials are combined
+  with ``math.fsum`` (correctly rounded). No
+  torch reduction (``sum``, ``norm``, ``dot``) is used: their order depends on the
+  vector width and the thread count, so their last digits differ between machines.
+  The results are therefore bitwise equal under any ``ATEN_CPU_CAPABILITY`` and any
+  ``torch.get_num_threads()``, and accurate (fp32 accumulation over tens of millions
+  of elements is off in the third digit).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import torch
 
 __all__ = ["TensorSummary", "raw_bytes", "sha256_of", "summarize"]
 
-_CHUNK = 1 << 20
-_ROW = 1 << 12
+_CHUNK = 1 << 18
+_LEAVES = 1 << 8
 
 
 @dataclass(frozen=True)
@@ -65,20 +71,18 @@ def sha256_of(t: torch.Tensor) -> str:
     return hashlib.sha256(raw_bytes(t)).hexdigest()
 
 
-def _row_sums(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row sums of d and d**2 over fixed-length rows (a fixed reduction order)."""
-    k = d.numel()
-    full = k - k % _ROW
-    parts_s, parts_q = [], []
-    if full:
-        rows = d[:full].view(-1, _ROW)
-        parts_s.append(rows.sum(dim=1))
-        parts_q.append(torch.linalg.vector_norm(rows, dim=1).square_())
-    if k > full:  # shorter than a row: reduced by one thread
-        tail = d[full:]
-        parts_s.append(tail.sum().reshape(1))
-        parts_q.append(tail.dot(tail).reshape(1))
-    return torch.cat(parts_s), torch.cat(parts_q)
+def _pairwise_partials(x: torch.Tensor) -> list[float]:
+    """Fold each row of ``x`` (rows, 2**k) in place by adding its right half to its left
+    half until at most ``_LEAVES`` partial sums are left; return them, row after row.
+
+    Every step is one elementwise addition of two blocks, so each partial sum is the
+    same correctly rounded float64 on any CPU, SIMD level and thread count.
+    """
+    n = x.shape[1]
+    while n > _LEAVES:
+        n //= 2
+        x[:, :n].add_(x[:, n : 2 * n])  # elementwise: no reduction order to vary
+    return x[:, :n].tolist()
 
 
 def summarize(t: torch.Tensor) -> TensorSummary:
@@ -93,20 +97,26 @@ def summarize(t: torch.Tensor) -> TensorSummary:
         flat = flat.abs()
     # Shift by the first value so the variance does not cancel when |mean| >> std.
     shift = float(flat[0].double())
-    buf = torch.empty(min(n, _CHUNK), dtype=torch.float64)
-    sums, squares = [], []
+    size = 1 << (min(n, _CHUNK) - 1).bit_length()  # a power of two: the chunk folds in halves
+    buf = torch.empty(2, size, dtype=torch.float64)  # row 0: values - shift, row 1: their squares
+    sums: list[float] = []
+    squares: list[float] = []
     for start in range(0, n, _CHUNK):
         chunk = flat[start : start + _CHUNK]
-        d = buf[: chunk.numel()]
-        d.copy_(chunk)
-        d.sub_(shift)
-        s, q = _row_sums(d)
-        sums.append(s)
-        squares.append(q)
-    total = math.fsum(torch.cat(sums).tolist())
-    total_sq = math.fsum(torch.cat(squares).tolist())
+        k = chunk.numel()
+        used = 1 << (k - 1).bit_length()
+        d = buf[0, :used]
+        d[:k].copy_(chunk)  # exact for every float dtype (an int64 beyond 2**53 rounds once)
+        d[:k].sub_(shift)
+        d[k:].zero_()  # padding to a power of two adds nothing
+        torch.mul(d, d, out=buf[1, :used])
+        s, q = _pairwise_partials(buf[:, :used])
+        sums += s
+        squares += q
+    total = math.fsum(sums)
+    total_sq = math.fsum(squares)
     lo, hi = torch.aminmax(flat)
-    lo_f, hi_f = float(lo), float(hi)
+    lo_f, hi_f = float(lo) + 0.0, float(hi) + 0.0  # + 0.0: min(-0.0, 0.0) may be either zero
     if not (math.isfinite(total) and math.isfinite(total_sq) and math.isfinite(lo_f) and math.isfinite(hi_f)):
         bad = int((~torch.isfinite(flat)).sum()) if flat.is_floating_point() else 0
         return TensorSummary(None, None, _finite(lo_f), _finite(hi_f), None, bad)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import D2L
+from conftest import D2L, ROOT
 
 from modelspec.cli import main
 
@@ -70,6 +71,8 @@ def test_console_entry_point_runs(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout, not an installed modelspec
+        cwd=ROOT,
     )
     assert proc.returncode == 0 and "valid" in proc.stdout
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import D2L
+from conftest import D2L, ROOT
 from torch import nn
 
 import modelspec
@@ -41,7 +42,8 @@ def test_missing_matplotlib_raises_the_install_hint(monkeypatch: pytest.MonkeyPa
 
 def test_importing_plots_does_not_import_matplotlib() -> None:
     code = "import sys, modelspec._plots; print('matplotlib' in sys.modules)"
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, not an installed modelspec
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, env=env)
     assert run.stdout.strip() == "False"
 
 
