@@ -26,28 +26,26 @@ from pathlib import Path
 from ._errors import BuildDirError
 from ._files import _check_parents, atomic_write_text
 from ._fmt import MARKER
+from ._report import CSV_COLUMNS
 
 __all__ = ["check_output_file", "write_output_file", "written_by_modelspec"]
 
 _HEAD = 8 << 10  # bytes read to recognise a file
 _M = re.escape(MARKER)
 _SUMMARY = r"[^\n]*: [\d,]+ parameters in \d+ tensors?( and \d+ buffers?)? \(naive count [\d,]+; sharing saves [\d,]+\)"
-_CSV_HEADER = (
-    "name,aliases,kind,block,shape,dtype,numel,bytes,requires_grad,persistent,mean,std,min,max,l2,nonfinite,sha256\n"
-)
-_SCHEMA_ID = r'\{\n  "\$schema": "https://json-schema\.org/[^"\n]*",\n  "\$id": "https://github\.com/modelspec/modelspec/schemas/'
-_OURS = {
+_TEXT_HEADER = r"(tensor +shape +dtype +numel +grad +mean +std +block|module +type +tensors +params +shared +buffers)"
+_HTML_HEAD = r'<!DOCTYPE html>\n<html lang="en">\n<head>\n(<meta [^\n]*>\n)*?'
+_SCHEMA_HEAD = r'\{\n  "\$schema": "https://json-schema\.org/[^"\n]*",\n  "\$id": "https://github\.com/modelspec/'
+_OURS = {  # each format's first lines, matched at the start of the file
     "json": re.compile(r'\{\n  "format": "modelspec-report",\n'),
     "md": re.compile(rf"# Parameter report: [^\n]*\n.*?\n```mermaid\nflowchart TD\n  %% {_M}\n", re.S),
-    "html": re.compile(r'<!DOCTYPE html>\n<html lang="en">\n<head>\n(<meta [^\n]*>\n)*?<meta name="generator" content="modelspec'),
+    "html": re.compile(_HTML_HEAD + r'<meta name="generator" content="modelspec"'),
     "mermaid": re.compile(rf"flowchart TD\n  %% {_M}\n"),
     "svg": re.compile(rf'<svg xmlns="http://www\.w3\.org/2000/svg" class="ms-graph" [^\n]*>\n<!-- {_M} -->\n'),
     "dot": re.compile(r"digraph modelspec \{\n  graph \[rankdir="),
-    "text": re.compile(
-        rf"{_SUMMARY}\n\n(tensor +shape +dtype +numel +grad +mean +std +block|module +type +tensors +params +shared +buffers)\n-"
-    ),
-    "csv": re.compile(re.escape(_CSV_HEADER)),
-    "schema": re.compile(_SCHEMA_ID),
+    "text": re.compile(rf"{_SUMMARY}\n\n{_TEXT_HEADER}\n-"),  # summary line, blank line, table header
+    "csv": re.compile(re.escape(",".join(CSV_COLUMNS) + "\n")),  # the fixed header row
+    "schema": re.compile(_SCHEMA_HEAD + r"modelspec/schemas/"),
 }
 
 
