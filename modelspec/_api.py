@@ -100,7 +100,7 @@ def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         return dtype
     if isinstance(dtype, str) and dtype in floating:
         return DTYPES[dtype]
-    raise UsageError(f"dtype {dtype!r} cannot hold parameters; choose one of {', '.join(floating)}")
+    raise UsageError(f"dtype {dtype!r} cannot hold parameters; choose one of {', '.join(floating)}", code="bad-dtype")
 
 
 def _parse_device(device: str | torch.device) -> torch.device:
@@ -258,7 +258,9 @@ def write_build(
             ``would-overwrite-spec`` (it holds the spec being built), ``not-a-folder``.
     """
     if _parse_device(device).type == "meta":
-        raise BuildDirError("cannot write a checkpoint of a model on the meta device; use 'modelspec report'")
+        raise BuildDirError(
+            "cannot write a checkpoint of a model on the meta device; use 'modelspec report'", code="meta-device"
+        )
     resolved = compile_spec(source)
     dt = _parse_dtype(dtype)
     recover(out)
@@ -304,7 +306,8 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
     else:
         raise BuildDirError(
             f"modelspec does not know this module's spec and {out} holds no {SPEC_FILE}: "
-            "pass spec=..., or save into the module's existing build folder"
+            "pass spec=..., or save into the module's existing build folder",
+            code="no-spec",
         )
     expected, info = build_module(resolved, device="meta")
     _check_same_structure(module, expected)

@@ -2,13 +2,24 @@
 
 Every error modelspec raises derives from :class:`ModelspecError`::
 
-    ModelspecError
+    ModelspecError          missing-dependency (matplotlib for histograms), report-mismatch
     ├── SpecError           the spec is invalid; carries ranked Diagnostics with positions
+    │                       (code spec; each Diagnostic has its own code)
     ├── UsageError          an option is invalid: device, dtype, batch, input tensor (also a ValueError)
-    ├── BuildDirError       a build folder is missing, incomplete or not modelspec's
+    │                       bad-device, bad-dtype, bad-option, too-large, no-input, input-mismatch,
+    │                       no-gradient, no-model, no-values, unreadable-input, ambiguous-input
+    ├── BuildDirError       a build folder or output file is missing, incomplete or in the way
+    │                       not-a-build-folder, in-the-way, would-overwrite-spec, would-overwrite-input,
+    │                       not-a-folder, not-a-file, no-spec, meta-device, interrupted
     ├── CheckpointError     a checkpoint is corrupt, its checksums or ties do not match
+    │                       unreadable, not-modelspec, old-format, metadata-missing, metadata-damaged,
+    │                       metadata-mismatch, spec-mismatch, tie-mismatch, names-mismatch,
+    │                       shape-mismatch, dtype-mismatch, layout-mismatch, checksum-mismatch,
+    │                       unsupported-dtype
     ├── ReportError         a report.json is malformed or contradicts itself; carries JSON paths
+    │                       bad-report, file-error
     └── TieMismatchError    a module's sharing no longer matches its spec (on save)
+                            tie-mismatch, names-mismatch, shape-mismatch
 
 A :class:`Diagnostic` is one finding about a spec: a stable ``code`` (tests match on
 it, never on prose), the file/line/column, the path inside the spec (``model[2].use``),
@@ -146,7 +157,8 @@ class UsageError(ModelspecError, ValueError):
 
 
 class BuildDirError(ModelspecError):
-    """A build folder is missing, incomplete, or not written by modelspec."""
+    """A build folder is missing, incomplete, or not written by modelspec; or an output file
+    (``-o FILE``) is in the way: not modelspec's, or an input of the same command."""
 
     default_code = "build-dir"
 

@@ -72,7 +72,11 @@ def make_folder(folder: Path) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` (creating missing folders) and rename it into place."""
+    """Write ``text`` to a temp file beside ``path`` (creating missing folders) and rename it into place.
+
+    Replaces whatever regular file is at ``path``: callers first ask
+    :func:`modelspec._outfile.check_output_file` whether it may be replaced.
+    """
     target = Path(path)
     if target.is_dir():
         raise BuildDirError(f"{target} is a folder; give a file name", code="not-a-file")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["clip", "fmt_float", "human_bytes", "human_count", "text_table"]
+__all__ = ["MARKER", "clip", "fmt_float", "human_bytes", "human_count", "text_table"]
+
+#: The comment SVG (``<!-- ... -->``) and Mermaid (``%% ...``) output carry, so that
+#: ``-o FILE`` can tell a file modelspec wrote from a user's (see :mod:`modelspec._outfile`).
+MARKER = "written by modelspec"
 
 
 def fmt_float(x: float | None, digits: int = 4) -> str:

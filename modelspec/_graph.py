@@ -26,7 +26,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ._fmt import human_count
+from ._fmt import MARKER, human_count
 from ._inventory import Report
 
 __all__ = ["to_dot", "to_mermaid", "to_svg"]
@@ -226,7 +226,7 @@ def to_mermaid(report: Report, depth: int | None = None) -> str:
         The flowchart source, ending in a newline.
     """
     g = _graph(report, depth)
-    out = ["flowchart TD"]
+    out = ["flowchart TD", f"  %% {MARKER}"]  # a comment: how modelspec recognises its own file
     out += [f'  {n.id}["{"<br/>".join(_mermaid_text(x) for x in _lines(n, g.title))}"]' for n in g.nodes]
     for e in g.edges:
         out.append(f'  {e.src} -->|"{_mermaid_text(e.label)}"| {e.dst}' if e.show_label else f"  {e.src} --> {e.dst}")
@@ -401,6 +401,7 @@ def to_svg(report: Report, depth: int | None = None) -> str:
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="ms-graph" width="{_f(w)}" height="{_f(h)}" '
         f'viewBox="0 0 {_f(w)} {_f(h)}" role="img">',
+        f"<!-- {MARKER} -->",  # how modelspec recognises its own file
         f"<title>{esc(_printable(g.title))}: module graph</title>",
         f"<style>{_SVG_CSS}</style>",
         '<defs><marker id="ms-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '

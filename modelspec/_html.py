@@ -261,6 +261,7 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
+        '<meta name="generator" content="modelspec">',  # how modelspec recognises its own file
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(title)}</title>",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn as nn
 
-from ._errors import ModelspecError
+from ._errors import ModelspecError, UsageError
 from ._files import make_folder
 from ._fmt import fmt_float
 from ._inventory import Report, TensorEntry
@@ -41,7 +41,9 @@ def _matplotlib() -> tuple[type[Figure], Any]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as e:
-        raise ModelspecError(f"plotting histograms needs matplotlib, which is not installed: {INSTALL_HINT}") from e
+        raise ModelspecError(
+            f"plotting histograms needs matplotlib, which is not installed: {INSTALL_HINT}", code="missing-dependency"
+        ) from e
     return Figure, FigureCanvasAgg
 
 
@@ -143,9 +145,9 @@ def save_histograms(
         [PosixPath('plots/_no_block_.png'), PosixPath('plots/shared.png')]
     """
     if by not in ("tensor", "block"):
-        raise ModelspecError(f"by must be 'tensor' or 'block', got {by!r}")
+        raise UsageError(f"by must be 'tensor' or 'block', got {by!r}", code="bad-option")
     if bins < 1:
-        raise ModelspecError(f"bins must be at least 1, got {bins}")
+        raise UsageError(f"bins must be at least 1, got {bins}", code="bad-option")
     fig_cls, canvas_cls = _matplotlib()
     params = dict(module.named_parameters(remove_duplicate=False))
     entries = [e for e in report.tensors if e.kind == "parameter"]
@@ -154,10 +156,13 @@ def save_histograms(
         t = params.get(e.name)
         if t is None:
             raise ModelspecError(
-                f"the report lists {e.name!r}, which the module does not have; pass the matching report"
+                f"the report lists {e.name!r}, which the module does not have; pass the matching report",
+                code="report-mismatch",
             )
         if t.is_meta:
-            raise ModelspecError(f"{e.name!r} is on the meta device and has no values to plot; build it on cpu")
+            raise UsageError(
+                f"{e.name!r} is on the meta device and has no values to plot; build it on cpu", code="no-values"
+            )
         tensors[e.name] = t
 
     out = Path(out_dir)

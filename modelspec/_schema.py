@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _registry as registry
-from ._files import atomic_write_text, make_folder
+from ._files import make_folder
 from ._inventory import Report
+from ._outfile import check_output_file, write_output_file
 from ._spec import _NAME, NODE_MARKER, RESERVED, RESERVED_CHILD_NAMES, RESERVED_MODEL_NAMES, SpecFile
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
@@ -104,17 +105,35 @@ def report_schema() -> dict[str, Any]:
     return schema
 
 
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _dump(schema: dict[str, Any]) -> str:
+    """Keys sorted, except that ``$schema`` and ``$id`` come first: they say what the file is
+    within its first lines (``schema -o`` recognises its own files by them)."""
+    head = {k: schema[k] for k in ("$schema", "$id")}
+    return json.dumps({**head, **_sorted({k: v for k, v in schema.items() if k not in head})}, indent=2) + "\n"
+
+
 def render_schemas() -> dict[str, str]:
     """File name -> text, exactly as committed under ``schemas/``."""
-    return {
-        SCHEMA_FILES[0]: json.dumps(spec_schema(), indent=2, sort_keys=True) + "\n",
-        SCHEMA_FILES[1]: json.dumps(report_schema(), indent=2, sort_keys=True) + "\n",
-    }
+    return {SCHEMA_FILES[0]: _dump(spec_schema()), SCHEMA_FILES[1]: _dump(report_schema())}
 
 
-def write_schemas(folder: Path) -> list[Path]:
+def write_schemas(folder: Path, *, force: bool = False) -> list[Path]:
+    """Write both schemas into ``folder``; each file there must be absent, empty or a modelspec schema.
+
+    Raises:
+        BuildDirError: ``in-the-way`` (a file there that modelspec did not write, unless
+            ``force``; nothing is written), ``not-a-file``, ``not-a-folder``.
+    """
     make_folder(folder)
-    written = []
-    for name, text in render_schemas().items():
-        written.append(atomic_write_text(folder / name, text))
-    return written
+    texts = render_schemas()
+    for name in texts:  # all checked before either is written
+        check_output_file(folder / name, force=force)
+    return [write_output_file(folder / name, text, force=force) for name, text in texts.items()]

@@ -23,11 +23,11 @@ import torch
 
 from . import _api as api
 from ._diff import KINDS, render_diff_json, render_diff_md, render_diff_text
-from ._errors import Diagnostic, ModelspecError, SpecError
-from ._files import atomic_write_text
+from ._errors import BuildDirError, Diagnostic, ModelspecError, SpecError, UsageError
 from ._grads import render_grads_text
 from ._graph import to_dot, to_mermaid, to_svg
 from ._html import render_html
+from ._outfile import check_output_file, write_output_file
 from ._report import render_csv, render_json, render_md, render_text, summary_line
 from ._schema import SCHEMA_FILES, render_schemas, write_schemas
 from ._version import __version__
@@ -36,6 +36,7 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_DIFF, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
 FORMATS = ("text", "json", "md")
+FORCE_HELP = "replace FILE even if modelspec did not write it (never an input of the command)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group()
     g.add_argument("-o", "--out", metavar="DIR", help=f"write {' and '.join(SCHEMA_FILES)} to DIR")
     g.add_argument("--check", metavar="DIR", help="exit 1 if DIR's schemas differ from the code's")
+    s.add_argument("--force", action="store_true", help="with -o: replace schema files modelspec did not write")
     s.set_defaults(func=_cmd_schema)
 
     r = sub.add_parser(
@@ -113,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("target", metavar="SPEC|BUILD_DIR|REPORT_JSON")
     r.add_argument("--format", choices=("text", "md", "json", "csv", "html"), default="text")
     r.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
+    r.add_argument("--force", action="store_true", help=FORCE_HELP)
     r.add_argument("--depth", type=_natural, metavar="N", help="fold at module depth N (text, md; html: the diagram)")
     r.add_argument("--device", default="cpu", help="device for building a spec; 'meta' gives structure only")
     r.add_argument("--histograms", metavar="DIR", help="also save value histograms as PNG (needs matplotlib)")
@@ -176,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     gp.add_argument("--depth", type=_natural, metavar="N", help="fold modules deeper than N")
     gp.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
+    gp.add_argument("--force", action="store_true", help=FORCE_HELP)
     gp.set_defaults(func=_cmd_graph)
     return p
 
@@ -272,7 +276,7 @@ def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     texts = render_schemas()
     if args.check:
         if not Path(args.check).is_dir():
-            raise ModelspecError(f"{args.check} is not a folder")
+            raise BuildDirError(f"{args.check} is not a folder", code="not-a-folder")
         stale = [
             name
             for name, text in texts.items()
@@ -282,27 +286,36 @@ def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"{Path(args.check) / name} is out of date; run 'modelspec schema -o {args.check}'", file=err)
         return EXIT_DIFF if stale else EXIT_OK
     if args.out:
-        for path in write_schemas(Path(args.out)):
+        for path in write_schemas(Path(args.out), force=args.force):
             print(f"wrote {path}", file=err)
         return EXIT_OK
     out.write(texts[SCHEMA_FILES[0] if args.which == "spec" else SCHEMA_FILES[1]])
     return EXIT_OK
 
 
-def _emit(text: str, path: str | None, out: TextIO, err: TextIO) -> None:
-    """Print ``text`` to stdout, or write it to ``path`` atomically."""
-    if path is None:
+def _emit(text: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    """Print ``text`` to stdout, or write it to ``args.out`` atomically (checked again right before)."""
+    if args.out is None:
         out.write(text)
     else:
-        print(f"wrote {atomic_write_text(path, text)}", file=err)
+        print(f"wrote {write_output_file(args.out, text, inputs=[Path(args.target)], force=args.force)}", file=err)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Refuse an ``-o FILE`` that is in the way before any work is done."""
+    if args.out is not None:
+        check_output_file(args.out, inputs=[Path(args.target)], force=args.force)
 
 
 def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _check_out(args)
     target = api.open_target(args.target, device=args.device, progress=_ProgressBar(err, "checksums"))
     rep = target.report
     if args.histograms:
         if target.module is None or rep.device == "meta":
-            raise ModelspecError("histograms need values: give a spec or a build folder, not a report or meta")
+            raise UsageError(
+                "histograms need values: give a spec or a build folder, not a report or meta", code="no-values"
+            )
         from ._plots import save_histograms
 
         files = save_histograms(target.module, rep, Path(args.histograms), by=args.by)
@@ -314,7 +327,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "csv": lambda: render_csv(rep),
         "html": lambda: render_html(rep, depth=args.depth),
     }
-    _emit(renderers[args.format](), args.out, out, err)
+    _emit(renderers[args.format](), args, out, err)
     return EXIT_OK
 
 
@@ -328,7 +341,7 @@ def _cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_grads(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     target = api.open_target(args.target)
     if target.module is None:
-        raise ModelspecError("grads needs a model: give a spec or a build folder")
+        raise UsageError("grads needs a model: give a spec or a build folder, not a report.json", code="no-model")
     x = _read_input(Path(args.input)) if args.input else None
     result = api.grads(target.module, x, batch=args.batch, loss=args.loss, seed=args.seed)
     if args.format == "json":
@@ -345,18 +358,19 @@ def _read_input(path: Path) -> torch.Tensor:
     try:
         tensors = safetensors.torch.load_file(str(path))
     except (OSError, safetensors.SafetensorError) as e:
-        raise ModelspecError(f"cannot read input tensor from {path}: {e}") from e
+        raise UsageError(f"cannot read input tensor from {path}: {e}", code="unreadable-input") from e
     if len(tensors) == 1:
         return next(iter(tensors.values()))
     if "input" in tensors:
         return tensors["input"]
-    raise ModelspecError(f"{path} holds {len(tensors)} tensors; name the input tensor 'input'")
+    raise UsageError(f"{path} holds {len(tensors)} tensors; name the input tensor 'input'", code="ambiguous-input")
 
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _check_out(args)
     rep = api.open_target(args.target, device="meta").report
     render = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}[args.format]
-    _emit(render(rep, depth=args.depth), args.out, out, err)
+    _emit(render(rep, depth=args.depth), args, out, err)
     return EXIT_OK
 
 

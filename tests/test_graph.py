@@ -40,6 +40,8 @@ def parse_mermaid(text: str) -> Parsed:
             edges.append((m[1], m[3], m[2]))
         elif m := re.fullmatch(r'  (\w+) -\.-\|"[^"]*"\| (\w+)', line):
             ties.append((m[1], m[2]))
+        elif line.startswith("  %% "):  # a comment (the line that marks the file as modelspec's)
+            continue
         else:
             assert re.fullmatch(r"  (classDef \w+ [^;]+|class [\w,]+ \w+);", line), f"unexpected line: {line!r}"
     return nodes, edges, ties
