@@ -82,7 +82,7 @@ class SpecFile(BaseModel):
     modelspec: Literal[1] = Field(description="format version of this file")
     name: str | None = Field(None, description="a name for reports")
     description: str | None = None
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seeds parameter initialization")
+    seed: Annotated[int, Field(ge=0, le=2**64 - 1)] = Field(0, description="seeds parameter initialization")
     input: InputSpec | None = Field(None, description="example input; needed for Lazy* layers")
     blocks: dict[_Name, _NodeJSON] = Field(
         default_factory=dict, description="named blocks: built once, the same object at every 'use'"

@@ -447,3 +447,11 @@ def test_corpus_is_large_and_covers_every_area() -> None:
     prefixes = {n.split("-")[0] for n in ARTEFACTS}
     assert {"ckpt", "folder", "build", "report"} <= prefixes
     assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) >= 20
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-1"])
+def test_grads_seed_out_of_range(pristine: Path, seed: str) -> None:
+    """torch's generators take seeds below 2**64: a larger one is a usage error, not an internal one."""
+    rc, _, err = run("grads", str(pristine / "build"), "--seed", seed)
+    assert_clean_refusal(rc, err)
+    assert "--seed" in err
