@@ -227,6 +227,8 @@ def parse(doc: Document) -> Spec:
     blocks = {name: parser.node(raw, ("blocks", name)) for name, raw in raw_blocks.items()}
     model = parser.node(known["model"], ("model",)) if "model" in known and "models" not in known else None
     models = None
+    if "models" in known and known["models"] is None:  # `models:` with nothing after it
+        errors.add("wrong-type", "'models' is empty", ("models",), hint="name each model under 'models:'")
     if isinstance(known.get("models"), dict):
         if not known["models"]:
             errors.add("wrong-type", "'models' is empty", ("models",))
