@@ -48,7 +48,7 @@ def resolve(spec: Spec) -> Resolved:
         for use in iter_uses(node):
             if use.block in spec.blocks:
                 used.add(use.block)
-            elif use.block:
+            else:  # also `use: ''`: the parser only checks that it is a string
                 errors.add(
                     "unknown-block",
                     f"unknown block '{use.block}'",

@@ -107,7 +107,7 @@ class SpecFile(BaseModel):
     modelspec: Literal[1] = Field(description="format version of this file")
     name: str | None = Field(None, description="a name for reports")
     description: str | None = None
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="seeds parameter initialization")
+    seed: Annotated[int, Field(ge=0, le=2**64 - 1)] = Field(0, description="seeds parameter initialization")
     input: InputSpec | None = Field(None, description="example input; needed for Lazy* layers")
     blocks: dict[_Name, _NodeJSON] = Field(
         default_factory=dict, description="named blocks: built once, the same object at every 'use'"
@@ -254,6 +254,8 @@ def parse(doc: Document) -> Spec:
     blocks = {name: parser.node(raw, ("blocks", name)) for name, raw in raw_blocks.items()}
     model = parser.node(known["model"], ("model",)) if "model" in known and "models" not in known else None
     models = None
+    if "models" in known and known["models"] is None:  # `models:` with nothing after it
+        errors.add("wrong-type", "'models' is empty", ("models",), hint="name each model under 'models:'")
     if isinstance(known.get("models"), dict):
         if not known["models"]:
             errors.add("wrong-type", "'models' is empty", ("models",))

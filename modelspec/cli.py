@@ -160,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("target", metavar="SPEC|BUILD_DIR")
     gr.add_argument("--batch", type=_positive, metavar="N", help="batch size (replaces the input's first dimension)")
     gr.add_argument("--loss", choices=("sum", "mse"), default="sum", help="sum of outputs, or MSE against zeros")
-    gr.add_argument("--seed", type=int, default=0, help="seeds the random batch and dropout (default 0)")
+    gr.add_argument("--seed", type=_seed, default=0, help="seeds the random batch and dropout (default 0)")
     gr.add_argument("--input", metavar="FILE", help="a .safetensors file holding the input tensor")
     gr.add_argument("--format", choices=FORMATS, default="text")
     gr.set_defaults(func=_cmd_grads)
@@ -195,6 +195,13 @@ def _positive(text: str) -> int:
     value = _natural(text)
     if value == 0:
         raise argparse.ArgumentTypeError("expected a number >= 1, got 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _natural(text)
+    if value >= 2**64:  # what torch's generators take
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**64, got {text}")
     return value
 
 

@@ -1,0 +1,457 @@
+"""The corpus of bad input: every case exits 2 with its expected code (and position), without a
+traceback, and writes nothing.
+
+Two kinds of case:
+
+* ``tests/corpus/spec/<case>.yaml``: a bad spec. Its first lines say what to expect, one line per
+  error diagnostic in the order the CLI prints them::
+
+      # expect: unknown-layer 4:5
+      # expect: file-error              (a diagnostic without a position)
+
+  Positions count these header lines too. ``modelspec build`` must print exactly these
+  ``error[...]`` diagnostics, and ``modelspec validate`` too unless the case needs the build.
+* ``ARTEFACTS`` below: a function that damages a copy of a fresh build folder (checkpoint,
+  folder layout, its spec.yaml) or of its ``report.json``, the commands that must refuse it, and
+  the expected code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+import modelspec
+from modelspec import ModelspecError, SpecError
+from modelspec.cli import main
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+SPEC_CASES = sorted((CORPUS / "spec").glob("*.yaml"))
+#: codes that only the build finds (constructors, the example pass); validate does not run those
+BUILD_ONLY = frozenset({"build-error", "missing-input"})
+
+_EXPECT = re.compile(rb"^# expect: ([a-z0-9-]+)(?: (\d+):(\d+))?\s*$")
+
+Expected = tuple[str, int | None, int | None]
+
+
+def expected(case: Path) -> list[Expected]:
+    """The ``# expect:`` lines at the top of a corpus file."""
+    found = []
+    for line in case.read_bytes().splitlines():
+        m = _EXPECT.match(line)
+        if m is None:
+            break
+        code, ln, col = m.groups()
+        found.append((code.decode(), int(ln) if ln else None, int(col) if col else None))
+    assert found, f"{case.name} starts with no '# expect: CODE LINE:COL' line"
+    return found
+
+
+def diagnostics(stderr: str, file: Path) -> list[Expected]:
+    """The error diagnostics the CLI printed for ``file``: (code, line, column)."""
+    pattern = re.compile(rf"^{re.escape(str(file))}(?::(\d+):(\d+))?: error\[([a-z0-9-]+)\]", re.M)
+    return [(code, int(ln) if ln else None, int(col) if col else None) for ln, col, code in pattern.findall(stderr)]
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = main(list(argv), stdout=out, stderr=err)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def assert_clean_refusal(rc: int, err: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for folders): to prove nothing was written."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+        if not p.is_symlink()
+    }
+
+
+# ------------------------------------------------------------------ bad specs
+@pytest.mark.parametrize("case", SPEC_CASES, ids=lambda p: p.stem)
+def test_bad_spec(tmp_path: Path, case: Path) -> None:
+    want = expected(case)
+    spec = tmp_path / case.name
+    shutil.copyfile(case, spec)
+    out_dir = tmp_path / "out"
+
+    rc, stdout, err = run("build", str(spec), "-o", str(out_dir))
+    assert_clean_refusal(rc, err)
+    assert diagnostics(err, spec) == want, err
+    assert stdout == ""
+    assert not out_dir.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]  # no temp folder either
+
+    if not any(code in BUILD_ONLY for code, _, _ in want):
+        rc, _, err = run("validate", str(spec))
+        assert_clean_refusal(rc, err)
+        assert diagnostics(err, spec) == want, err
+
+
+# ------------------------------------------------------------------ damaged build folders and reports
+GOOD_SPEC = """\
+modelspec: 1
+name: corpus
+input: {shape: [2, 4]}
+blocks:
+  shared: {Linear: [8, 8]}
+model:
+  - Linear: [4, 8]
+  - use: shared
+  - ReLU
+  - use: shared
+  - BatchNorm1d: 8
+  - Linear: [8, 2]
+"""
+OTHER_SPEC = "modelspec: 1\nname: other\ninput: {shape: [2, 4]}\nmodel:\n  - Linear: [4, 3]\n"
+CKPT = "build/model.safetensors"
+FOLDER_SPEC = "build/spec.yaml"
+REPORT = "build/report.json"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh build folder ``build/`` of GOOD_SPEC, and ``other/``, a build of another spec."""
+    root = tmp_path_factory.mktemp("pristine")
+    (root / "good.yaml").write_text(GOOD_SPEC, encoding="utf-8")
+    (root / "other.yaml").write_text(OTHER_SPEC, encoding="utf-8")
+    modelspec.write_build(root / "good.yaml", root / "build")
+    modelspec.write_build(root / "other.yaml", root / "other")
+    return root
+
+
+def _header(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def _write_header(path: Path, header: object, data: bytes) -> None:
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+
+
+def edit_header(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    """Damage: change the checkpoint's JSON header (its data bytes are kept)."""
+
+    def damage(w: Path) -> None:
+        header, data = _header(w / CKPT)
+        edit(header)
+        _write_header(w / CKPT, header, data)
+
+    return damage
+
+
+def set_meta(key: str, value: str | None) -> Callable[[Path], None]:
+    """Damage: set (or, with None, remove) one metadata field of the checkpoint."""
+
+    def edit(header: dict) -> None:
+        if value is None:
+            del header["__metadata__"][key]
+        else:
+            header["__metadata__"][key] = value
+
+    return edit_header(edit)
+
+
+def edit_meta_json(key: str, edit: Callable[[object], object]) -> Callable[[Path], None]:
+    """Damage: decode a JSON metadata field, change it, encode it again."""
+
+    def change(header: dict) -> None:
+        header["__metadata__"][key] = json.dumps(edit(json.loads(header["__metadata__"][key])))
+
+    return edit_header(change)
+
+
+def write_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
+    return lambda w: (w / rel).write_bytes(data)
+
+
+def truncate(rel: str, keep: Callable[[int], int]) -> Callable[[Path], None]:
+    def damage(w: Path) -> None:
+        raw = (w / rel).read_bytes()
+        (w / rel).write_bytes(raw[: keep(len(raw))])
+
+    return damage
+
+
+def flip_last_byte(w: Path) -> None:
+    raw = bytearray((w / CKPT).read_bytes())
+    raw[-1] ^= 0x01
+    (w / CKPT).write_bytes(bytes(raw))
+
+
+def replace_text(rel: str, old: str, new: str) -> Callable[[Path], None]:
+    def damage(w: Path) -> None:
+        text = (w / rel).read_text(encoding="utf-8")
+        assert old in text, (rel, old)
+        (w / rel).write_text(text.replace(old, new, 1), encoding="utf-8")
+
+    return damage
+
+
+def remove(rel: str) -> Callable[[Path], None]:
+    return lambda w: (w / rel).unlink()
+
+
+def make_dir(rel: str) -> Callable[[Path], None]:
+    def damage(w: Path) -> None:
+        (w / rel).unlink()
+        (w / rel).mkdir()
+
+    return damage
+
+
+def edit_report(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def damage(w: Path) -> None:
+        data = json.loads((w / REPORT).read_text(encoding="utf-8"))
+        edit(data)
+        (w / REPORT).write_text(json.dumps(data), encoding="utf-8")
+
+    return damage
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d.__setitem__(key, value)
+
+
+def _del(key: str) -> Callable[[dict], None]:
+    return lambda d: d.pop(key)
+
+
+def _first_tensor(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d["tensors"][0].__setitem__(key, value)
+
+
+def _rename_tensor(h: dict) -> None:
+    h["9.weight"] = h.pop("0.weight")
+
+
+def _drop_tensor(h: dict) -> None:
+    h.pop("5.bias")
+
+
+def _reshape_tensor(h: dict) -> None:
+    h["1.weight"]["shape"] = [64]
+
+
+def _int_dtype(h: dict) -> None:
+    h["0.weight"]["dtype"] = "I32"  # same size as F32: the bytes alone do not tell
+
+
+def _overlap(h: dict) -> None:
+    h["0.bias"]["data_offsets"] = h["0.weight"]["data_offsets"]
+
+
+def _offsets_past_end(h: dict) -> None:
+    start, end = h["5.bias"]["data_offsets"]
+    h["5.bias"]["data_offsets"] = [start, end + 4096]
+
+
+def _wrong_digest(d: object) -> object:
+    assert isinstance(d, dict)
+    return {**d, "0.weight": "0" * 64}
+
+
+def _header_is_list(w: Path) -> None:
+    _, data = _header(w / CKPT)
+    _write_header(w / CKPT, [], data)
+
+
+def _foreign_checkpoint(w: Path) -> None:
+    shutil.copyfile(w / "other/model.safetensors", w / CKPT)
+
+
+def _plain_safetensors(w: Path) -> None:
+    safetensors.torch.save_file({"0.weight": torch.zeros(8, 4)}, str(w / CKPT))
+
+
+def _huge_header_length(w: Path) -> None:
+    raw = (w / CKPT).read_bytes()
+    (w / CKPT).write_bytes(struct.pack("<Q", 1 << 60) + raw[8:])
+
+
+def _dangling_spec_link(w: Path) -> None:
+    (w / FOLDER_SPEC).unlink()
+    (w / FOLDER_SPEC).symlink_to(w / "nowhere.yaml")
+
+
+def _foreign_file_in_out(w: Path) -> None:
+    (w / "build/notes.txt").write_text("mine")
+
+
+def _out_is_a_file(w: Path) -> None:
+    (w / "out").write_text("mine")
+
+
+def _empty_build_folder(w: Path) -> None:
+    for p in (w / "build").iterdir():
+        p.unlink()
+
+
+# commands that must refuse a damaged build folder / report.json ({good}: an undamaged one)
+ON_FOLDER = (("report", "{b}"), ("diff", "{good}", "{b}"), ("grads", "{b}"), ("graph", "{b}"))
+ON_REPORT = (("report", "{r}"), ("diff", "{goodr}", "{r}"), ("graph", "{r}"))
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged artefact: how to damage a copy of the pristine tree, the expected code, and
+    the commands that must refuse it. ``at`` is ``LINE:COL`` when the error is a diagnostic in
+    the folder's spec.yaml."""
+
+    damage: Callable[[Path], object]
+    code: str
+    commands: tuple[tuple[str, ...], ...] = ON_FOLDER
+    at: str | None = None
+
+
+# fmt: off
+ARTEFACTS: dict[str, Damage] = {
+    # ---- checkpoints: the file itself
+    "ckpt-empty-file": Damage(write_bytes(CKPT, b""), "checkpoint"),
+    "ckpt-truncated-in-length": Damage(truncate(CKPT, lambda n: 5), "checkpoint"),
+    "ckpt-truncated-in-header": Damage(truncate(CKPT, lambda n: 40), "checkpoint"),
+    "ckpt-truncated-in-data": Damage(truncate(CKPT, lambda n: n - 16), "checkpoint"),
+    "ckpt-garbage": Damage(write_bytes(CKPT, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "checkpoint"),
+    "ckpt-header-length-huge": Damage(_huge_header_length, "checkpoint"),
+    "ckpt-header-not-json": Damage(write_bytes(CKPT, struct.pack("<Q", 8) + b"{not js}"), "checkpoint"),
+    "ckpt-header-is-a-list": Damage(_header_is_list, "checkpoint"),
+    "ckpt-is-a-folder": Damage(make_dir(CKPT), "build-dir"),
+    "ckpt-plain-safetensors": Damage(_plain_safetensors, "checkpoint"),
+    "ckpt-of-another-spec": Damage(_foreign_checkpoint, "checkpoint"),
+    "ckpt-data-byte-flipped": Damage(flip_last_byte, "checkpoint"),
+    # ---- checkpoints: tensor entries in the header
+    "ckpt-tensor-renamed": Damage(edit_header(_rename_tensor), "checkpoint"),
+    "ckpt-tensor-dropped": Damage(edit_header(_drop_tensor), "checkpoint"),
+    "ckpt-tensor-reshaped": Damage(edit_header(_reshape_tensor), "checkpoint"),
+    "ckpt-tensor-dtype-float-to-int": Damage(edit_header(_int_dtype), "checkpoint"),
+    "ckpt-tensor-offsets-overlap": Damage(edit_header(_overlap), "checkpoint"),
+    "ckpt-tensor-offsets-past-end": Damage(edit_header(_offsets_past_end), "checkpoint"),
+    # ---- checkpoints: metadata
+    "ckpt-meta-removed": Damage(edit_header(lambda h: h.pop("__metadata__")), "checkpoint"),
+    "ckpt-meta-format-other": Damage(set_meta("format", "pt"), "checkpoint"),
+    "ckpt-meta-format-removed": Damage(set_meta("format", None), "checkpoint"),
+    "ckpt-meta-ties-not-json": Damage(set_meta("ties", "{3.weight: 1.weight"), "checkpoint"),
+    "ckpt-meta-ties-removed": Damage(set_meta("ties", None), "checkpoint"),
+    "ckpt-meta-ties-a-list": Damage(set_meta("ties", '["3.weight"]'), "checkpoint"),
+    "ckpt-meta-ties-not-strings": Damage(set_meta("ties", '{"3.weight": 1}'), "checkpoint"),
+    "ckpt-meta-ties-alias-dropped": Damage(edit_meta_json("ties", lambda t: {}), "checkpoint"),
+    "ckpt-meta-ties-alias-added": Damage(edit_meta_json("ties", lambda t: {**t, "5.weight": "0.weight"}), "checkpoint"),
+    "ckpt-meta-sha256-removed": Damage(set_meta("sha256", None), "checkpoint"),
+    "ckpt-meta-sha256-not-json": Damage(set_meta("sha256", "sha256"), "checkpoint"),
+    "ckpt-meta-sha256-wrong-digest": Damage(edit_meta_json("sha256", _wrong_digest), "checkpoint"),
+    "ckpt-meta-frozen-not-json": Damage(set_meta("frozen", "[0.weight"), "checkpoint"),
+    "ckpt-meta-frozen-a-mapping": Damage(set_meta("frozen", '{"0.weight": "yes"}'), "checkpoint"),
+    "ckpt-meta-spec-sha256-other": Damage(set_meta("spec_sha256", "0" * 64), "checkpoint"),
+    # ---- build folders: layout
+    "folder-spec-removed": Damage(remove(FOLDER_SPEC), "build-dir"),
+    "folder-checkpoint-removed": Damage(remove(CKPT), "build-dir"),
+    "folder-spec-is-a-folder": Damage(make_dir(FOLDER_SPEC), "build-dir"),
+    "folder-spec-dangling-link": Damage(_dangling_spec_link, "build-dir"),
+    "folder-empty": Damage(_empty_build_folder, "build-dir"),
+    # ---- build folders: spec.yaml edited after the build
+    "folder-spec-edited-seed": Damage(replace_text(FOLDER_SPEC, "seed: 0", "seed: 1"), "checkpoint"),
+    "folder-spec-edited-size": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 3"), "checkpoint"),
+    "folder-spec-emptied": Damage(write_bytes(FOLDER_SPEC, b""), "empty-spec", at="1:1"),
+    "folder-spec-yaml-syntax": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: [ReLU\n"), "yaml-syntax", at="3:1"),
+    "folder-spec-not-utf8": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nname: \xff\n"), "file-error"),
+    "folder-spec-python-tag": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: !!python/object/apply:os.system [id]\n"), "yaml-tag", at="2:1"),
+    "folder-spec-unknown-layer": Damage(replace_text(FOLDER_SPEC, "ReLU", "Relu"), "unknown-layer", at="21:3"),
+    "folder-spec-unknown-block": Damage(replace_text(FOLDER_SPEC, "use: shared", "use: shard"), "unknown-block", at="20:3"),
+    # ---- build: where the folder goes
+    "build-into-foreign-folder": Damage(_foreign_file_in_out, "build-dir", commands=(("build", "{spec}", "-o", "{b}"),)),
+    "build-onto-a-file": Damage(lambda w: None, "build-dir", commands=(("build", "{spec}", "-o", "{spec}"),)),
+    "build-on-meta": Damage(lambda w: None, "build-dir", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "meta"),)),
+    "build-device-unknown": Damage(lambda w: None, "usage", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "tpu9"),)),
+    "build-dtype-integer": Damage(lambda w: None, "usage", commands=(("build", "{spec}", "-o", "{w}/new", "--dtype", "int64"),)),
+    # ---- report.json
+    "report-empty": Damage(write_bytes(REPORT, b""), "build-dir", ON_REPORT),
+    "report-not-json": Damage(write_bytes(REPORT, b"tensors: []\n"), "build-dir", ON_REPORT),
+    "report-truncated": Damage(truncate(REPORT, lambda n: n // 2), "build-dir", ON_REPORT),
+    "report-not-utf8": Damage(write_bytes(REPORT, b'{"format": "\xff"}'), "build-dir", ON_REPORT),
+    "report-null": Damage(write_bytes(REPORT, b"null"), "build-dir", ON_REPORT),
+    "report-a-list": Damage(write_bytes(REPORT, b"[]"), "build-dir", ON_REPORT),
+    "report-deeply-nested": Damage(write_bytes(REPORT, b"[" * 100_000 + b"]" * 100_000), "build-dir", ON_REPORT),
+    "report-format-other": Damage(edit_report(_set("format", "torchinfo")), "build-dir", ON_REPORT),
+    "report-version-2": Damage(edit_report(_set("version", 2)), "build-dir", ON_REPORT),
+    "report-totals-missing": Damage(edit_report(_del("totals")), "build-dir", ON_REPORT),
+    "report-unknown-field": Damage(edit_report(_set("tensor_count", 9)), "build-dir", ON_REPORT),
+    "report-tensors-a-mapping": Damage(edit_report(_set("tensors", {})), "build-dir", ON_REPORT),
+    "report-tensor-kind-unknown": Damage(edit_report(_first_tensor("kind", "weight")), "build-dir", ON_REPORT),
+    "report-tensor-numel-float": Damage(edit_report(_first_tensor("numel", 32.5)), "build-dir", ON_REPORT),
+    "report-missing": Damage(remove(REPORT), "build-dir", ON_REPORT),
+}
+# fmt: on
+
+
+@pytest.mark.parametrize("name", sorted(ARTEFACTS))
+def test_damaged_artefact(tmp_path: Path, pristine: Path, name: str) -> None:
+    case = ARTEFACTS[name]
+    w = tmp_path / "w"
+    shutil.copytree(pristine, w, symlinks=True)
+    case.damage(w)
+    before = snapshot(w)
+    fields = {"w": w, "b": w / "build", "r": w / REPORT, "spec": w / "good.yaml", "good": pristine / "build",
+              "goodr": pristine / REPORT}  # fmt: skip
+    for command in case.commands:
+        argv = [a.format(**fields) for a in command]
+        rc, stdout, err = run(*argv)
+        assert_clean_refusal(rc, err)
+        if case.at is None:
+            assert re.search(rf"^modelspec: error\[{re.escape(case.code)}\]: |: error\[{re.escape(case.code)}\] ",
+                             err, re.M), (argv, err)  # fmt: skip
+        else:
+            line, col = map(int, case.at.split(":"))
+            assert diagnostics(err, w / FOLDER_SPEC) == [(case.code, line, col)], (argv, err)
+        assert stdout == "", argv
+        assert snapshot(w) == before, f"{argv} wrote or changed files"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, c in ARTEFACTS.items() if c.commands in (ON_FOLDER, ON_REPORT)))
+def test_damaged_artefact_api(tmp_path: Path, pristine: Path, name: str) -> None:
+    """The Python API raises the same code (and nothing but a ModelspecError)."""
+    case = ARTEFACTS[name]
+    w = tmp_path / "w"
+    shutil.copytree(pristine, w, symlinks=True)
+    case.damage(w)
+    with pytest.raises(ModelspecError) as info:
+        if case.commands is ON_FOLDER:
+            modelspec.load(w / "build")
+        else:
+            modelspec.diff(pristine / REPORT, w / REPORT)
+    codes = info.value.codes if isinstance(info.value, SpecError) else [info.value.code]
+    assert codes == [case.code]
+
+
+def test_corpus_is_large_and_covers_every_area() -> None:
+    assert len(SPEC_CASES) + len(ARTEFACTS) >= 100
+    prefixes = {n.split("-")[0] for n in ARTEFACTS}
+    assert {"ckpt", "folder", "build", "report"} <= prefixes
+    assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) >= 20
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", "-1"])
+def test_grads_seed_out_of_range(pristine: Path, seed: str) -> None:
+    """torch's generators take seeds below 2**64: a larger one is a usage error, not an internal one."""
+    rc, _, err = run("grads", str(pristine / "build"), "--seed", seed)
+    assert_clean_refusal(rc, err)
+    assert "--seed" in err
