@@ -227,10 +227,13 @@ def _normal32(out: torch.Tensor, mean: float, std: float, generator: torch.Gener
     i0, i1 = (torch.empty(size, dtype=torch.int32, device="cpu") for _ in range(2))
     buffers = tuple(torch.empty(size, dtype=torch.float32, device="cpu") for _ in range(5))
     scale, shift = _f32(std), _f32(mean)
+    views = (x, x2, i0, i1, *buffers)  # all chunks but the last use the whole buffers
     for start in range(0, pairs, _CHUNK):
         c = min(_CHUNK, pairs - start)
-        draws, low, a, b = x[:c].random_(generator=generator), x2[:c], i0[:c], i1[:c]
-        v, s, t, p, y = (buf[:c] for buf in buffers)
+        if c < size:
+            views = tuple(buf[:c] for buf in views)
+        draws, low, a, b, v, s, t, p, y = views
+        draws.random_(generator=generator)
         # r = std * sqrt(-2 ln u), u = (j + 1) / 2**24 = 2**k * m
         v.copy_(torch.bitwise_and(draws, _LOW24, out=low)).add_(_ONE32)  # j + 1: exact in float32
         vb = v.view(torch.int32)
@@ -256,11 +259,12 @@ def _normal32(out: torch.Tensor, mean: float, std: float, generator: torch.Gener
         dest = out[2 * start : min(n, 2 * (start + c))]
         for col, (z, shift_bits) in enumerate(((t, _I32[30]), (s, _I32[29]))):
             z.view(torch.int32).bitwise_xor_(torch.bitwise_left_shift(a, shift_bits, out=b).bitwise_and_(_SIGN_BIT))
-            z.mul_(v)
-            if mean != 0.0:
-                z.add_(shift)
             part = dest[col::2]  # even elements take the first value of each pair, odd ones the second
-            part.copy_(z[: part.numel()])
+            k = part.numel()
+            if mean != 0.0:
+                torch.add(z.mul_(v)[:k], shift, out=part)
+            else:
+                torch.mul(z[:k], v[:k], out=part)  # the last op writes into the output
     return out
 
 
