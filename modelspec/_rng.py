@@ -18,15 +18,19 @@ float32 (float64 for a float64 tensor); for symmetric bounds [-h, h), as every d
 init uses, ``x = k * (h * 2**-23)`` with k in [-2**23, 2**23): one rounding. float16
 and bfloat16 round that float32 again.
 
-Normal: Box-Muller on pairs, from one 63-bit draw per pair. 32 bits give
-``u = (j + 1) / 2**32`` in (0, 1]; 28 bits an angle ``y`` in [0, pi/4); the other three
-pick one of eight octants (swap cos/sin, two signs), which makes the angle uniform on
-the circle. ``log u`` is the exponent times ln 2 plus ``2 atanh((m-1)/(m+1))`` for the
-mantissa ``m`` in [sqrt(1/2), sqrt(2)), and sin is its Taylor series on [0, pi/4), both
-evaluated by Horner's rule in float64 (about 1e-16 relative error); cos is
+Normal: Box-Muller on pairs, from one 63-bit draw (``random_`` on int64) per pair, pairs
+in C order. float32, float16 and bfloat16 tensors compute in float32 from bits 0-23
+``j`` (``u = (j + 1) / 2**24`` in (0, 1]), bits 24-47 an angle ``y`` in [0, pi/4) and
+bits 48-50, which pick one of eight octants (swap cos/sin, two signs) so that the angle
+is uniform on the circle. float64 tensors compute in float64 from bits 0-31 (``u =
+(j + 1) / 2**32``), 28 angle bits (32-59) and bits 60-62. ``log u`` is the exponent
+times ln 2 plus ``2 atanh((m-1)/(m+1))`` for the mantissa ``m`` in [sqrt(1/2), sqrt(2)),
+and sin is its Taylor series on [0, pi/4), both evaluated by Horner's rule (5 and 6
+terms in float32, about 1e-7 relative error; 10 and 9 in float64, about 1e-16); cos is
 ``sqrt((1 - sin) * (1 + sin))``. Then ``mean + std * sqrt(-2 log u) * cos y`` is rounded
 to the tensor's dtype (16-bit types through float32). Every constant is a literal or a
-correctly rounded division, so no platform's libm is involved.
+correctly rounded division (rounded once more to float32 for the float32 path), so no
+platform's libm is involved; the octant's swap and signs are integer bit operations.
 
 Example::
 
@@ -60,6 +64,29 @@ _ATANH = tuple(1.0 / (2 * k + 1) for k in range(10))[::-1]  # atanh(s)/s = sum s
 _SIN = tuple((-1.0) ** k / math.factorial(2 * k + 1) for k in range(9))[::-1]  # sin(y)/y in y^2
 _MANTISSA = (1 << 52) - 1
 _ONE_BITS = 1023 << 52  # float64 exponent field of 1.0
+
+
+def _f32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32, device="cpu")
+
+
+def _i32(x: int) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.int32, device="cpu")
+
+
+# Constants of the float32 path as 0-dim CPU tensors: a Python number would be wrapped and
+# converted on every call, which costs more than the arithmetic on a chunk.
+_ATANH32 = tuple(_f32(-4.0 / (2 * k + 1)) for k in range(5))[::-1]  # -2 ln m = s * sum(-4 s^2k/(2k+1))
+_SIN32 = tuple(_f32(c) for c in _SIN[-6:])  # the 6 lowest powers: enough on [0, pi/4) in float32
+_MINUS_2LN2 = _f32(-2.0 * _LN2)
+_ANGLE_STEP32 = _f32(0.7853981633974483 * 2.0**-24)  # (pi/4 rounded) / 2**24
+_ONE32 = _f32(1.0)
+_TWO24 = _f32(2.0**24)
+_LOW24 = torch.tensor((1 << 24) - 1, dtype=torch.int64, device="cpu")
+_SIGN_BIT = _i32(-(1 << 31))
+_SQRT_HALF_2_24 = _i32(0x3F3504F3 + (24 << 23))  # float32 bits of sqrt(1/2) (0x3F3504F3) times 2**24
+_I32 = {k: _i32(k) for k in (23, 29, 30, 31)}
+_I64 = {k: torch.tensor(k, dtype=torch.int64, device="cpu") for k in (24, 48)}
 
 #: Random aten ops that :class:`PortableInit` does not replace; seen during a build they
 #: are recorded in ``PortableInit.unportable`` (no torch layer's default init uses one).
@@ -168,7 +195,9 @@ def normal_(t: torch.Tensor, mean: float = 0.0, std: float = 1.0, *, generator: 
         raise ValueError(f"normal_ expects a finite mean and a finite std >= 0, got mean={mean}, std={std}")
     if t.is_meta or t.numel() == 0:
         return t
-    out = _output(t, torch.float64 if t.dtype == torch.float64 else torch.float32)
+    if t.dtype != torch.float64:
+        return _store(t, _normal32(_output(t, torch.float32), mean, std, generator))
+    out = _output(t, torch.float64)
     n = out.numel()
     pairs, step = (n + 1) // 2, _CHUNK // 2
     bits = torch.empty(min(pairs, step), dtype=torch.int64, device="cpu")
@@ -181,6 +210,70 @@ def normal_(t: torch.Tensor, mean: float = 0.0, std: float = 1.0, *, generator: 
             part = dest[col::2]  # even elements take the first value of each pair, odd ones the second
             part.copy_(z[: part.numel()])  # one rounding to float32/float64
     return _store(t, out)
+
+
+def _normal32(out: torch.Tensor, mean: float, std: float, generator: torch.Generator) -> torch.Tensor:
+    """``normal_`` for a flat float32 ``out``, computed in float32.
+
+    Works on chunks of ``_CHUNK`` pairs in preallocated buffers, every op in place or
+    with ``out=``, so that each chunk's buffers stay in cache; no op allocates and, but
+    for ``sqrt_`` (parallel from 2048 values), none forks intra-op threads. Its result
+    does not depend on any of that: each op is elementwise and correctly rounded.
+    """
+    n = out.numel()
+    pairs = (n + 1) // 2
+    size = min(pairs, _CHUNK)
+    x, x2 = (torch.empty(size, dtype=torch.int64, device="cpu") for _ in range(2))
+    i0, i1 = (torch.empty(size, dtype=torch.int32, device="cpu") for _ in range(2))
+    buffers = tuple(torch.empty(size, dtype=torch.float32, device="cpu") for _ in range(5))
+    scale, shift = _f32(std), _f32(mean)
+    views = (x, x2, i0, i1, *buffers)  # all chunks but the last use the whole buffers
+    for start in range(0, pairs, _CHUNK):
+        c = min(_CHUNK, pairs - start)
+        if c < size:
+            views = tuple(buf[:c] for buf in views)
+        draws, low, a, b, v, s, t, p, y = views
+        draws.random_(generator=generator)
+        # r = std * sqrt(-2 ln u), u = (j + 1) / 2**24 = 2**k * m
+        v.copy_(torch.bitwise_and(draws, _LOW24, out=low)).add_(_ONE32)  # j + 1: exact in float32
+        vb = v.view(torch.int32)
+        torch.sub(vb, _SQRT_HALF_2_24, out=a).bitwise_right_shift_(_I32[23])  # k in [-24, 0] (arithmetic shift)
+        vb.sub_(torch.bitwise_left_shift(a, _I32[23], out=b))  # v = 2**24 m, m in [sqrt(1/2), sqrt(2))
+        torch.sub(v, _TWO24, out=s).div_(v.add_(_TWO24))  # s = (m - 1) / (m + 1), |s| <= 0.1716
+        _horner_into(p, _ATANH32, torch.mul(s, s, out=t)).mul_(s)  # -2 ln m = -4 atanh(s)
+        v.copy_(a).mul_(_MINUS_2LN2).add_(p).sqrt_()  # sqrt(-2 k ln 2 - 2 ln m) >= 0
+        if std != 1.0:
+            v.mul_(scale)
+        # sin and cos of y = angle * (pi/4) / 2**24 in [0, pi/4)
+        torch.bitwise_right_shift(draws, _I64[24], out=low).bitwise_and_(_LOW24)
+        y.copy_(low).mul_(_ANGLE_STEP32)
+        _horner_into(s, _SIN32, torch.mul(y, y, out=t)).mul_(y)  # sin y
+        torch.sub(_ONE32, s, out=t).mul_(torch.add(s, _ONE32, out=p)).sqrt_()  # cos y >= sqrt(1/2)
+        # bits 48-50: swap sin and cos, then flip each value's sign bit (integer ops: exact)
+        a.copy_(torch.bitwise_right_shift(draws, _I64[48], out=low))  # < 2**15: fits int32
+        sb, cb = s.view(torch.int32), t.view(torch.int32)
+        torch.bitwise_left_shift(a, _I32[31], out=b).bitwise_right_shift_(_I32[31])  # all ones where bit 48 is set
+        b.bitwise_and_(torch.bitwise_xor(sb, cb, out=y.view(torch.int32)))
+        cb.bitwise_xor_(b)
+        sb.bitwise_xor_(b)
+        dest = out[2 * start : min(n, 2 * (start + c))]
+        for col, (z, shift_bits) in enumerate(((t, _I32[30]), (s, _I32[29]))):
+            z.view(torch.int32).bitwise_xor_(torch.bitwise_left_shift(a, shift_bits, out=b).bitwise_and_(_SIGN_BIT))
+            part = dest[col::2]  # even elements take the first value of each pair, odd ones the second
+            k = part.numel()
+            if mean != 0.0:
+                torch.add(z.mul_(v)[:k], shift, out=part)
+            else:
+                torch.mul(z[:k], v[:k], out=part)  # the last op writes into the output
+    return out
+
+
+def _horner_into(p: torch.Tensor, coefficients: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """``p`` = sum(c_k * x**k), coefficients highest power first, as separate * and + (no FMA)."""
+    torch.mul(x, coefficients[0], out=p).add_(coefficients[1])
+    for c in coefficients[2:]:
+        p.mul_(x).add_(c)
+    return p
 
 
 def _standard_pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
