@@ -8,9 +8,11 @@ Two kinds of case:
 
       # expect: unknown-layer 4:5
       # expect: file-error              (a diagnostic without a position)
+      # build only: why                 (optional: validate accepts it, only the build finds it)
 
   Positions count these header lines too. ``modelspec build`` must print exactly these
   ``error[...]`` diagnostics, and ``modelspec validate`` too unless the case needs the build.
+* ``GENERATED`` below: bad specs too large to keep as files, made by the test.
 * ``ARTEFACTS`` below: a function that damages a copy of a fresh build folder (checkpoint,
   folder layout, its spec.yaml) or of its ``report.json``, the commands that must refuse it, and
   the expected code.
@@ -58,6 +60,12 @@ def expected(case: Path) -> list[Expected]:
     return found
 
 
+def build_only(case: Path, want: list[Expected]) -> bool:
+    """Whether only the build finds the problem (so ``validate`` accepts the spec)."""
+    head = case.read_bytes()[:4096].splitlines()
+    return any(code in BUILD_ONLY for code, _, _ in want) or any(line.startswith(b"# build only") for line in head)
+
+
 def diagnostics(stderr: str, file: Path) -> list[Expected]:
     """The error diagnostics the CLI printed for ``file``: (code, line, column)."""
     pattern = re.compile(rf"^{re.escape(str(file))}(?::(\d+):(\d+))?: error\[([a-z0-9-]+)\]", re.M)
@@ -90,6 +98,10 @@ def test_bad_spec(tmp_path: Path, case: Path) -> None:
     want = expected(case)
     spec = tmp_path / case.name
     shutil.copyfile(case, spec)
+    check_refused(tmp_path, spec, want, build_only(case, want))
+
+
+def check_refused(tmp_path: Path, spec: Path, want: list[Expected], only_build: bool) -> None:
     out_dir = tmp_path / "out"
 
     rc, stdout, err = run("build", str(spec), "-o", str(out_dir))
@@ -99,10 +111,29 @@ def test_bad_spec(tmp_path: Path, case: Path) -> None:
     assert not out_dir.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]  # no temp folder either
 
-    if not any(code in BUILD_ONLY for code, _, _ in want):
+    if not only_build:
         rc, _, err = run("validate", str(spec))
         assert_clean_refusal(rc, err)
         assert diagnostics(err, spec) == want, err
+
+
+#: bad specs made by the test (too large to keep as files): name -> (bytes, expected diagnostics)
+GENERATED: dict[str, tuple[bytes, list[Expected]]] = {
+    # PyYAML recursed before any depth cap; the nesting is refused at the level that passes the cap
+    "yaml-nested-100000-deep": (b"modelspec: 1\nmodel: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+                                [("too-deep", 2, 107)]),
+    # 5 MB without a single alias once took 90 s and was reported as alias-limit: the size cap comes first
+    "yaml-5mb-without-aliases": (b"modelspec: 1\nmodel:\n" + b"  - ReLU\n" * 560_000, [("too-large", 1, 1)]),
+    "yaml-5mb-comment": (b"modelspec: 1\nmodel: [ReLU]\n# " + b"x" * 5_000_000 + b"\n", [("too-large", 1, 1)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_bad_generated_spec(tmp_path: Path, name: str) -> None:
+    data, want = GENERATED[name]
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_bytes(data)
+    check_refused(tmp_path, spec, want, only_build=False)
 
 
 # ------------------------------------------------------------------ damaged build folders and reports
