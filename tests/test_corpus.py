@@ -159,12 +159,14 @@ REPORT = "build/report.json"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh build folder ``build/`` of GOOD_SPEC, and ``other/``, a build of another spec."""
+    """A fresh build folder ``build/`` of GOOD_SPEC, ``bf16/``, the same in bfloat16, and ``other/``, a
+    build of another spec."""
     root = tmp_path_factory.mktemp("pristine")
     (root / "good.yaml").write_text(GOOD_SPEC, encoding="utf-8")
     (root / "other.yaml").write_text(OTHER_SPEC, encoding="utf-8")
     modelspec.write_build(root / "good.yaml", root / "build")
     modelspec.write_build(root / "other.yaml", root / "other")
+    modelspec.write_build(root / "good.yaml", root / "bf16", dtype="bfloat16")
     return root
 
 
@@ -338,6 +340,51 @@ def _empty_build_folder(w: Path) -> None:
         p.unlink()
 
 
+def _bf16_relabelled_f16(w: Path) -> None:
+    """The bfloat16 build in place of ``build/``, every BF16 tensor relabelled F16 in the header
+    (the same size: the bytes alone do not tell; |w| would change several-fold)."""
+    shutil.rmtree(w / "build")
+    shutil.copytree(w / "bf16", w / "build")
+    header, data = _header(w / CKPT)
+    for entry in header.values():
+        if isinstance(entry, dict) and entry.get("dtype") == "BF16":
+            entry["dtype"] = "F16"
+    _write_header(w / CKPT, header, data)
+
+
+def _user_folder_with_spec(w: Path) -> None:
+    (w / "m").mkdir()
+    shutil.copyfile(w / "good.yaml", w / "m/spec.yaml")
+    with (w / "m/spec.yaml").open("a", encoding="utf-8") as f:
+        f.write("# my notes, kept\n")
+
+
+def _user_folder_named_report_md(w: Path) -> None:
+    (w / "build/report.md").unlink()
+    (w / "build/report.md").mkdir()
+    (w / "build/report.md/notes.txt").write_text("mine")
+
+
+def _spec_file(rel: str, text: str) -> Callable[[Path], None]:
+    return lambda w: (w / rel).write_text(text, encoding="utf-8")
+
+
+def _tensor_twice(d: dict) -> None:
+    d["tensors"].append(d["tensors"][0])
+
+
+def _stat(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d["tensors"][0]["stats"].__setitem__(key, value)
+
+
+def _total(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d["totals"].__setitem__(key, value)
+
+
+def _tie_group_names_absent(d: dict) -> None:
+    d["tie_groups"][0]["tensors"] = ["9.weight", "9.bias"]
+
+
 # commands that must refuse a damaged build folder / report.json ({good}: an undamaged one)
 ON_FOLDER = (("report", "{b}"), ("diff", "{good}", "{b}"), ("grads", "{b}"), ("graph", "{b}"))
 ON_REPORT = (("report", "{r}"), ("diff", "{goodr}", "{r}"), ("graph", "{r}"))
@@ -392,6 +439,9 @@ ARTEFACTS: dict[str, Damage] = {
     "ckpt-meta-sha256-wrong-digest": Damage(edit_meta_json("sha256", _wrong_digest), "metadata-mismatch"),
     "ckpt-meta-frozen-not-json": Damage(set_meta("frozen", "[0.weight"), "metadata-damaged"),
     "ckpt-meta-frozen-a-mapping": Damage(set_meta("frozen", '{"0.weight": "yes"}'), "metadata-damaged"),
+    "ckpt-meta-spec-sha256-blank": Damage(set_meta("spec_sha256", ""), "metadata-missing"),
+    "ckpt-meta-frozen-edited": Damage(edit_meta_json("frozen", lambda f: ["0.weight"]), "metadata-mismatch"),
+    "ckpt-tensor-dtype-bf16-to-f16": Damage(_bf16_relabelled_f16, "dtype-mismatch"),
     "ckpt-meta-spec-sha256-other": Damage(set_meta("spec_sha256", "0" * 64), "metadata-mismatch"),
     # ---- build folders: layout
     "folder-spec-removed": Damage(remove(FOLDER_SPEC), "not-a-build-folder"),
@@ -401,6 +451,8 @@ ARTEFACTS: dict[str, Damage] = {
     "folder-empty": Damage(_empty_build_folder, "not-a-build-folder"),
     # ---- build folders: spec.yaml edited after the build
     "folder-spec-edited-seed": Damage(replace_text(FOLDER_SPEC, "seed: 0", "seed: 1"), "spec-mismatch"),
+    # allocating the enormous layer before the spec-hash check once ran out of memory
+    "folder-spec-edited-enormous-layer": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 10000000000000"), "spec-mismatch"),
     "folder-spec-edited-size": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 3"), "spec-mismatch"),
     "folder-spec-emptied": Damage(write_bytes(FOLDER_SPEC, b""), "empty-spec", at="1:1"),
     "folder-spec-yaml-syntax": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: [ReLU\n"), "yaml-syntax", at="2:8"),
@@ -414,7 +466,23 @@ ARTEFACTS: dict[str, Damage] = {
     "build-on-meta": Damage(lambda w: None, "meta-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "meta"),)),
     "build-device-unknown": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "tpu9"),)),
     "build-dtype-integer": Damage(lambda w: None, "bad-dtype", commands=(("build", "{spec}", "-o", "{w}/new", "--dtype", "int64"),)),
+    "build-spec-into-its-own-folder": Damage(_user_folder_with_spec, "would-overwrite-spec", commands=(("build", "{w}/m/spec.yaml", "-o", "{w}/m"),)),
+    "build-over-user-folder-report-md": Damage(_user_folder_named_report_md, "in-the-way", commands=(("build", "{spec}", "-o", "{b}"),)),
+    "build-below-a-file": Damage(lambda w: None, "not-a-folder", commands=(("build", "{spec}", "-o", "{spec}/out"),)),
+    "build-device-cpu-99": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "cpu:99"),)),
+    "build-device-xla": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "xla"),)),
+    "build-input-too-large": Damage(_spec_file("huge.yaml", "modelspec: 1\ninput: {shape: [100000, 100000, 100000]}\nmodel:\n  - Linear: [100000, 2]\n"), "too-large",
+                                    commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml"))),
+    "build-input-shape-2-pow-64": Damage(_spec_file("huge.yaml", "modelspec: 1\ninput: {shape: [18446744073709551616, 4]}\nmodel:\n  - Linear: [4, 2]\n"), "too-large",
+                                         commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml", "--device", "meta"))),
+    "grads-batch-too-large": Damage(lambda w: None, "too-large", commands=(("grads", "{b}", "--batch", "1000000000000"),)),
     # ---- report.json
+    "report-tensor-listed-twice": Damage(edit_report(_tensor_twice), "bad-report", ON_REPORT),
+    "report-tensor-numel-1e400": Damage(edit_report(_first_tensor("numel", 10**400)), "bad-report", ON_REPORT),
+    "report-tensor-shape-strings": Damage(edit_report(_first_tensor("shape", ["8", "4"])), "bad-report", ON_REPORT),
+    "report-stats-nan": Damage(edit_report(_stat("mean", float("nan"))), "bad-report", ON_REPORT),
+    "report-totals-negative": Damage(edit_report(_total("unique_params", -146)), "bad-report", ON_REPORT),
+    "report-tie-group-absent-tensors": Damage(edit_report(_tie_group_names_absent), "bad-report", ON_REPORT),
     "report-empty": Damage(write_bytes(REPORT, b""), "bad-report", ON_REPORT),
     "report-not-json": Damage(write_bytes(REPORT, b"tensors: []\n"), "bad-report", ON_REPORT),
     "report-truncated": Damage(truncate(REPORT, lambda n: n // 2), "bad-report", ON_REPORT),
