@@ -475,6 +475,7 @@ ARTEFACTS: dict[str, Damage] = {
                                     commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml"))),
     "build-input-shape-2-pow-64": Damage(_spec_file("huge.yaml", "modelspec: 1\ninput: {shape: [18446744073709551616, 4]}\nmodel:\n  - Linear: [4, 2]\n"), "too-large",
                                          commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml", "--device", "meta"))),
+    "build-spec-never-ends": Damage(lambda w: None, "too-large", commands=(("build", "/dev/zero", "-o", "{w}/new"), ("validate", "/dev/zero"))),
     "grads-batch-too-large": Damage(lambda w: None, "too-large", commands=(("grads", "{b}", "--batch", "1000000000000"),)),
     # ---- report.json
     "report-tensor-listed-twice": Damage(edit_report(_tensor_twice), "bad-report", ON_REPORT),
@@ -542,10 +543,10 @@ def test_damaged_artefact_api(tmp_path: Path, pristine: Path, name: str) -> None
 
 
 def test_corpus_is_large_and_covers_every_area() -> None:
-    assert len(SPEC_CASES) + len(ARTEFACTS) >= 100
+    assert len(SPEC_CASES) + len(GENERATED) + len(ARTEFACTS) >= 200
     prefixes = {n.split("-")[0] for n in ARTEFACTS}
     assert {"ckpt", "folder", "build", "report"} <= prefixes
-    assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) >= 20
+    assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) + len(GENERATED) >= 40
 
 
 @pytest.mark.parametrize("seed", ["18446744073709551616", "-1"])
