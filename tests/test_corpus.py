@@ -555,3 +555,14 @@ def test_grads_seed_out_of_range(pristine: Path, seed: str) -> None:
     rc, _, err = run("grads", str(pristine / "build"), "--seed", seed)
     assert_clean_refusal(rc, err)
     assert "--seed" in err
+
+
+def test_example_input_too_large_on_meta_does_not_suggest_meta(tmp_path: Path) -> None:
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("modelspec: 1\ninput: {shape: [18446744073709551616, 4]}\nmodel:\n  - Linear: [4, 2]\n")
+    rc, _, err = run("report", str(spec), "--device", "meta")
+    assert_clean_refusal(rc, err)
+    assert "error[too-large]" in err and "--device meta" not in err
+    rc, _, err = run("report", str(spec))
+    assert_clean_refusal(rc, err)
+    assert "error[too-large]" in err and "--device meta" in err
