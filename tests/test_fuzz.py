@@ -171,8 +171,21 @@ def valid_spec(draw: st.DrawFn) -> dict[str, Any]:
     return spec
 
 
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's dumper, quoting the YAML 1.1 booleans it leaves plain (y, Y, n, N): modelspec
+    refuses those as values, because YAML 1.1 readers take them for booleans."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump(data: Any, flow: bool | None = None) -> str:
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=flow)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=flow)
 
 
 @st.composite
