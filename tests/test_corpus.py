@@ -566,3 +566,15 @@ def test_example_input_too_large_on_meta_does_not_suggest_meta(tmp_path: Path) -
     rc, _, err = run("report", str(spec))
     assert_clean_refusal(rc, err)
     assert "error[too-large]" in err and "--device meta" in err
+
+
+@pytest.mark.parametrize("name", ["N", "y", "1e5", "0o17", "010", "1:00", "off", "true", "null", "<<"])
+def test_a_build_folder_reads_back_its_own_spec(tmp_path: Path, name: str) -> None:
+    """The resolved spec.yaml quotes every text that would read back as something else
+    (found by fuzzing: ``name: 'N'`` was written as ``name: N``, which load then refused)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"modelspec: 1\nname: {json.dumps(name)}\nmodel:\n  - Linear: [4, 2]\n", encoding="utf-8")
+    modelspec.write_build(spec, tmp_path / "b")
+    assert modelspec.load(tmp_path / "b").__class__ is modelspec.build(spec).__class__
+    rc, _, err = run("validate", str(tmp_path / "b/spec.yaml"))
+    assert rc == 0, err
