@@ -16,7 +16,6 @@ from pathlib import Path
 import safetensors
 import torch
 import torch.nn as nn
-import yaml
 
 from ._build import DTYPES, BuildInfo, build_module
 from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique_state
@@ -33,6 +32,7 @@ from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._source import load_text, read_file
 from ._spec import Spec, parse
+from ._yaml_scalars import dump as dump_yaml
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -202,7 +202,7 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
 # ------------------------------------------------------------------ build folders
 def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progress | None = None) -> Report:
     rep = inventory(module, info, progress=progress)
-    spec_text = _resolved_header(info.spec) + yaml.safe_dump(info.spec.to_data(), sort_keys=False, allow_unicode=True)
+    spec_text = _resolved_header(info.spec) + dump_yaml(info.spec.to_data())
     with atomic_dir(out, keep=_spec_files(info.spec)) as tmp:
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
         fault_point("wrote-spec")

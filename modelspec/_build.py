@@ -478,6 +478,8 @@ def example_input(spec: Spec, device: Any = "cpu") -> torch.Tensor:
     dtype = DTYPES[spec.input.dtype]
     device = torch.device(device)
     dtype = torch.float32 if dtype.is_floating_point else dtype
-    fix = "make input.shape smaller (it only sizes the layers: a batch of 2 is enough), or use '--device meta'"
+    fix = "make input.shape smaller (it only sizes the layers: a batch of 2 is enough)"
+    if device.type != "meta":
+        fix += ", or use '--device meta'"
     with allocating(tensor_bytes(spec.input.shape, dtype), device, f"the example input {list(spec.input.shape)}", fix):
         return torch.zeros(spec.input.shape, dtype=dtype, device=device)

@@ -23,6 +23,7 @@ __all__ = [
     "STR",
     "ambiguity",
     "construct",
+    "dump",
     "kind",
     "misfit_hint",
     "resolve_plain",
@@ -161,3 +162,21 @@ def ambiguity(value: str) -> tuple[str, str]:
         f"{_yaml12_reading(value)} in YAML 1.2; modelspec does not guess"
     )
     return message, hint
+
+
+class _Dumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, but a text that would read back as anything else under these rules
+    (``N``, ``1e5``, ``0o17``: plain under PyYAML's YAML 1.1 rules) is quoted."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if resolve_plain(value) != STR else None
+    return dumper.represent_scalar(STR, value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump(data: Any) -> str:
+    """``data`` as YAML that reads back as the same data with these rules."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)

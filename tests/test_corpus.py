@@ -8,9 +8,11 @@ Two kinds of case:
 
       # expect: unknown-layer 4:5
       # expect: file-error              (a diagnostic without a position)
+      # build only: why                 (optional: validate accepts it, only the build finds it)
 
   Positions count these header lines too. ``modelspec build`` must print exactly these
   ``error[...]`` diagnostics, and ``modelspec validate`` too unless the case needs the build.
+* ``GENERATED`` below: bad specs too large to keep as files, made by the test.
 * ``ARTEFACTS`` below: a function that damages a copy of a fresh build folder (checkpoint,
   folder layout, its spec.yaml) or of its ``report.json``, the commands that must refuse it, and
   the expected code.
@@ -58,6 +60,12 @@ def expected(case: Path) -> list[Expected]:
     return found
 
 
+def build_only(case: Path, want: list[Expected]) -> bool:
+    """Whether only the build finds the problem (so ``validate`` accepts the spec)."""
+    head = case.read_bytes()[:4096].splitlines()
+    return any(code in BUILD_ONLY for code, _, _ in want) or any(line.startswith(b"# build only") for line in head)
+
+
 def diagnostics(stderr: str, file: Path) -> list[Expected]:
     """The error diagnostics the CLI printed for ``file``: (code, line, column)."""
     pattern = re.compile(rf"^{re.escape(str(file))}(?::(\d+):(\d+))?: error\[([a-z0-9-]+)\]", re.M)
@@ -90,6 +98,10 @@ def test_bad_spec(tmp_path: Path, case: Path) -> None:
     want = expected(case)
     spec = tmp_path / case.name
     shutil.copyfile(case, spec)
+    check_refused(tmp_path, spec, want, build_only(case, want))
+
+
+def check_refused(tmp_path: Path, spec: Path, want: list[Expected], only_build: bool) -> None:
     out_dir = tmp_path / "out"
 
     rc, stdout, err = run("build", str(spec), "-o", str(out_dir))
@@ -99,10 +111,29 @@ def test_bad_spec(tmp_path: Path, case: Path) -> None:
     assert not out_dir.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [spec.name]  # no temp folder either
 
-    if not any(code in BUILD_ONLY for code, _, _ in want):
+    if not only_build:
         rc, _, err = run("validate", str(spec))
         assert_clean_refusal(rc, err)
         assert diagnostics(err, spec) == want, err
+
+
+#: bad specs made by the test (too large to keep as files): name -> (bytes, expected diagnostics)
+GENERATED: dict[str, tuple[bytes, list[Expected]]] = {
+    # PyYAML recursed before any depth cap; the nesting is refused at the level that passes the cap
+    "yaml-nested-100000-deep": (b"modelspec: 1\nmodel: " + b"[" * 100_000 + b"]" * 100_000 + b"\n",
+                                [("too-deep", 2, 107)]),
+    # 5 MB without a single alias once took 90 s and was reported as alias-limit: the size cap comes first
+    "yaml-5mb-without-aliases": (b"modelspec: 1\nmodel:\n" + b"  - ReLU\n" * 560_000, [("too-large", 1, 1)]),
+    "yaml-5mb-comment": (b"modelspec: 1\nmodel: [ReLU]\n# " + b"x" * 5_000_000 + b"\n", [("too-large", 1, 1)]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_bad_generated_spec(tmp_path: Path, name: str) -> None:
+    data, want = GENERATED[name]
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_bytes(data)
+    check_refused(tmp_path, spec, want, only_build=False)
 
 
 # ------------------------------------------------------------------ damaged build folders and reports
@@ -128,12 +159,14 @@ REPORT = "build/report.json"
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh build folder ``build/`` of GOOD_SPEC, and ``other/``, a build of another spec."""
+    """A fresh build folder ``build/`` of GOOD_SPEC, ``bf16/``, the same in bfloat16, and ``other/``, a
+    build of another spec."""
     root = tmp_path_factory.mktemp("pristine")
     (root / "good.yaml").write_text(GOOD_SPEC, encoding="utf-8")
     (root / "other.yaml").write_text(OTHER_SPEC, encoding="utf-8")
     modelspec.write_build(root / "good.yaml", root / "build")
     modelspec.write_build(root / "other.yaml", root / "other")
+    modelspec.write_build(root / "good.yaml", root / "bf16", dtype="bfloat16")
     return root
 
 
@@ -307,6 +340,51 @@ def _empty_build_folder(w: Path) -> None:
         p.unlink()
 
 
+def _bf16_relabelled_f16(w: Path) -> None:
+    """The bfloat16 build in place of ``build/``, every BF16 tensor relabelled F16 in the header
+    (the same size: the bytes alone do not tell; |w| would change several-fold)."""
+    shutil.rmtree(w / "build")
+    shutil.copytree(w / "bf16", w / "build")
+    header, data = _header(w / CKPT)
+    for entry in header.values():
+        if isinstance(entry, dict) and entry.get("dtype") == "BF16":
+            entry["dtype"] = "F16"
+    _write_header(w / CKPT, header, data)
+
+
+def _user_folder_with_spec(w: Path) -> None:
+    (w / "m").mkdir()
+    shutil.copyfile(w / "good.yaml", w / "m/spec.yaml")
+    with (w / "m/spec.yaml").open("a", encoding="utf-8") as f:
+        f.write("# my notes, kept\n")
+
+
+def _user_folder_named_report_md(w: Path) -> None:
+    (w / "build/report.md").unlink()
+    (w / "build/report.md").mkdir()
+    (w / "build/report.md/notes.txt").write_text("mine")
+
+
+def _spec_file(rel: str, text: str) -> Callable[[Path], None]:
+    return lambda w: (w / rel).write_text(text, encoding="utf-8")
+
+
+def _tensor_twice(d: dict) -> None:
+    d["tensors"].append(d["tensors"][0])
+
+
+def _stat(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d["tensors"][0]["stats"].__setitem__(key, value)
+
+
+def _total(key: str, value: object) -> Callable[[dict], None]:
+    return lambda d: d["totals"].__setitem__(key, value)
+
+
+def _tie_group_names_absent(d: dict) -> None:
+    d["tie_groups"][0]["tensors"] = ["9.weight", "9.bias"]
+
+
 # commands that must refuse a damaged build folder / report.json ({good}: an undamaged one)
 ON_FOLDER = (("report", "{b}"), ("diff", "{good}", "{b}"), ("grads", "{b}"), ("graph", "{b}"))
 ON_REPORT = (("report", "{r}"), ("diff", "{goodr}", "{r}"), ("graph", "{r}"))
@@ -327,78 +405,100 @@ class Damage:
 # fmt: off
 ARTEFACTS: dict[str, Damage] = {
     # ---- checkpoints: the file itself
-    "ckpt-empty-file": Damage(write_bytes(CKPT, b""), "checkpoint"),
-    "ckpt-truncated-in-length": Damage(truncate(CKPT, lambda n: 5), "checkpoint"),
-    "ckpt-truncated-in-header": Damage(truncate(CKPT, lambda n: 40), "checkpoint"),
-    "ckpt-truncated-in-data": Damage(truncate(CKPT, lambda n: n - 16), "checkpoint"),
-    "ckpt-garbage": Damage(write_bytes(CKPT, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "checkpoint"),
-    "ckpt-header-length-huge": Damage(_huge_header_length, "checkpoint"),
-    "ckpt-header-not-json": Damage(write_bytes(CKPT, struct.pack("<Q", 8) + b"{not js}"), "checkpoint"),
-    "ckpt-header-is-a-list": Damage(_header_is_list, "checkpoint"),
-    "ckpt-is-a-folder": Damage(make_dir(CKPT), "build-dir"),
-    "ckpt-plain-safetensors": Damage(_plain_safetensors, "checkpoint"),
-    "ckpt-of-another-spec": Damage(_foreign_checkpoint, "checkpoint"),
-    "ckpt-data-byte-flipped": Damage(flip_last_byte, "checkpoint"),
+    "ckpt-empty-file": Damage(write_bytes(CKPT, b""), "unreadable"),
+    "ckpt-truncated-in-length": Damage(truncate(CKPT, lambda n: 5), "unreadable"),
+    "ckpt-truncated-in-header": Damage(truncate(CKPT, lambda n: 40), "unreadable"),
+    "ckpt-truncated-in-data": Damage(truncate(CKPT, lambda n: n - 16), "layout-mismatch"),
+    "ckpt-garbage": Damage(write_bytes(CKPT, b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), "unreadable"),
+    "ckpt-header-length-huge": Damage(_huge_header_length, "unreadable"),
+    "ckpt-header-not-json": Damage(write_bytes(CKPT, struct.pack("<Q", 8) + b"{not js}"), "unreadable"),
+    "ckpt-header-is-a-list": Damage(_header_is_list, "unreadable"),
+    "ckpt-is-a-folder": Damage(make_dir(CKPT), "not-a-build-folder"),
+    "ckpt-plain-safetensors": Damage(_plain_safetensors, "not-modelspec"),
+    "ckpt-of-another-spec": Damage(_foreign_checkpoint, "spec-mismatch"),
+    "ckpt-data-byte-flipped": Damage(flip_last_byte, "checksum-mismatch"),
     # ---- checkpoints: tensor entries in the header
-    "ckpt-tensor-renamed": Damage(edit_header(_rename_tensor), "checkpoint"),
-    "ckpt-tensor-dropped": Damage(edit_header(_drop_tensor), "checkpoint"),
-    "ckpt-tensor-reshaped": Damage(edit_header(_reshape_tensor), "checkpoint"),
-    "ckpt-tensor-dtype-float-to-int": Damage(edit_header(_int_dtype), "checkpoint"),
-    "ckpt-tensor-offsets-overlap": Damage(edit_header(_overlap), "checkpoint"),
-    "ckpt-tensor-offsets-past-end": Damage(edit_header(_offsets_past_end), "checkpoint"),
+    "ckpt-tensor-renamed": Damage(edit_header(_rename_tensor), "names-mismatch"),
+    "ckpt-tensor-dropped": Damage(edit_header(_drop_tensor), "names-mismatch"),
+    "ckpt-tensor-reshaped": Damage(edit_header(_reshape_tensor), "shape-mismatch"),
+    "ckpt-tensor-dtype-float-to-int": Damage(edit_header(_int_dtype), "dtype-mismatch"),
+    "ckpt-tensor-offsets-overlap": Damage(edit_header(_overlap), "layout-mismatch"),
+    "ckpt-tensor-offsets-past-end": Damage(edit_header(_offsets_past_end), "layout-mismatch"),
     # ---- checkpoints: metadata
-    "ckpt-meta-removed": Damage(edit_header(lambda h: h.pop("__metadata__")), "checkpoint"),
-    "ckpt-meta-format-other": Damage(set_meta("format", "pt"), "checkpoint"),
-    "ckpt-meta-format-removed": Damage(set_meta("format", None), "checkpoint"),
-    "ckpt-meta-ties-not-json": Damage(set_meta("ties", "{3.weight: 1.weight"), "checkpoint"),
-    "ckpt-meta-ties-removed": Damage(set_meta("ties", None), "checkpoint"),
-    "ckpt-meta-ties-a-list": Damage(set_meta("ties", '["3.weight"]'), "checkpoint"),
-    "ckpt-meta-ties-not-strings": Damage(set_meta("ties", '{"3.weight": 1}'), "checkpoint"),
-    "ckpt-meta-ties-alias-dropped": Damage(edit_meta_json("ties", lambda t: {}), "checkpoint"),
-    "ckpt-meta-ties-alias-added": Damage(edit_meta_json("ties", lambda t: {**t, "5.weight": "0.weight"}), "checkpoint"),
-    "ckpt-meta-sha256-removed": Damage(set_meta("sha256", None), "checkpoint"),
-    "ckpt-meta-sha256-not-json": Damage(set_meta("sha256", "sha256"), "checkpoint"),
-    "ckpt-meta-sha256-wrong-digest": Damage(edit_meta_json("sha256", _wrong_digest), "checkpoint"),
-    "ckpt-meta-frozen-not-json": Damage(set_meta("frozen", "[0.weight"), "checkpoint"),
-    "ckpt-meta-frozen-a-mapping": Damage(set_meta("frozen", '{"0.weight": "yes"}'), "checkpoint"),
-    "ckpt-meta-spec-sha256-other": Damage(set_meta("spec_sha256", "0" * 64), "checkpoint"),
+    "ckpt-meta-removed": Damage(edit_header(lambda h: h.pop("__metadata__")), "not-modelspec"),
+    "ckpt-meta-format-other": Damage(set_meta("format", "pt"), "not-modelspec"),
+    "ckpt-meta-format-removed": Damage(set_meta("format", None), "metadata-missing"),
+    "ckpt-meta-ties-not-json": Damage(set_meta("ties", "{3.weight: 1.weight"), "metadata-damaged"),
+    "ckpt-meta-ties-removed": Damage(set_meta("ties", None), "metadata-missing"),
+    "ckpt-meta-ties-a-list": Damage(set_meta("ties", '["3.weight"]'), "metadata-damaged"),
+    "ckpt-meta-ties-not-strings": Damage(set_meta("ties", '{"3.weight": 1}'), "metadata-damaged"),
+    "ckpt-meta-ties-alias-dropped": Damage(edit_meta_json("ties", lambda t: {}), "metadata-mismatch"),
+    "ckpt-meta-ties-alias-added": Damage(edit_meta_json("ties", lambda t: {**t, "5.weight": "0.weight"}), "metadata-mismatch"),
+    "ckpt-meta-sha256-removed": Damage(set_meta("sha256", None), "metadata-missing"),
+    "ckpt-meta-sha256-not-json": Damage(set_meta("sha256", "sha256"), "metadata-damaged"),
+    "ckpt-meta-sha256-wrong-digest": Damage(edit_meta_json("sha256", _wrong_digest), "metadata-mismatch"),
+    "ckpt-meta-frozen-not-json": Damage(set_meta("frozen", "[0.weight"), "metadata-damaged"),
+    "ckpt-meta-frozen-a-mapping": Damage(set_meta("frozen", '{"0.weight": "yes"}'), "metadata-damaged"),
+    "ckpt-meta-spec-sha256-blank": Damage(set_meta("spec_sha256", ""), "metadata-missing"),
+    "ckpt-meta-frozen-edited": Damage(edit_meta_json("frozen", lambda f: ["0.weight"]), "metadata-mismatch"),
+    "ckpt-tensor-dtype-bf16-to-f16": Damage(_bf16_relabelled_f16, "dtype-mismatch"),
+    "ckpt-meta-spec-sha256-other": Damage(set_meta("spec_sha256", "0" * 64), "metadata-mismatch"),
     # ---- build folders: layout
-    "folder-spec-removed": Damage(remove(FOLDER_SPEC), "build-dir"),
-    "folder-checkpoint-removed": Damage(remove(CKPT), "build-dir"),
-    "folder-spec-is-a-folder": Damage(make_dir(FOLDER_SPEC), "build-dir"),
-    "folder-spec-dangling-link": Damage(_dangling_spec_link, "build-dir"),
-    "folder-empty": Damage(_empty_build_folder, "build-dir"),
+    "folder-spec-removed": Damage(remove(FOLDER_SPEC), "not-a-build-folder"),
+    "folder-checkpoint-removed": Damage(remove(CKPT), "not-a-build-folder"),
+    "folder-spec-is-a-folder": Damage(make_dir(FOLDER_SPEC), "not-a-build-folder"),
+    "folder-spec-dangling-link": Damage(_dangling_spec_link, "not-a-build-folder"),
+    "folder-empty": Damage(_empty_build_folder, "not-a-build-folder"),
     # ---- build folders: spec.yaml edited after the build
-    "folder-spec-edited-seed": Damage(replace_text(FOLDER_SPEC, "seed: 0", "seed: 1"), "checkpoint"),
-    "folder-spec-edited-size": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 3"), "checkpoint"),
+    "folder-spec-edited-seed": Damage(replace_text(FOLDER_SPEC, "seed: 0", "seed: 1"), "spec-mismatch"),
+    # allocating the enormous layer before the spec-hash check once ran out of memory
+    "folder-spec-edited-enormous-layer": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 10000000000000"), "spec-mismatch"),
+    "folder-spec-edited-size": Damage(replace_text(FOLDER_SPEC, "out_features: 2", "out_features: 3"), "spec-mismatch"),
     "folder-spec-emptied": Damage(write_bytes(FOLDER_SPEC, b""), "empty-spec", at="1:1"),
-    "folder-spec-yaml-syntax": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: [ReLU\n"), "yaml-syntax", at="3:1"),
-    "folder-spec-not-utf8": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nname: \xff\n"), "file-error"),
-    "folder-spec-python-tag": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: !!python/object/apply:os.system [id]\n"), "yaml-tag", at="2:1"),
+    "folder-spec-yaml-syntax": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: [ReLU\n"), "yaml-syntax", at="2:8"),
+    "folder-spec-not-utf8": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nname: \xff\n"), "bad-encoding", at="2:7"),
+    "folder-spec-python-tag": Damage(write_bytes(FOLDER_SPEC, b"modelspec: 1\nmodel: !!python/object/apply:os.system [id]\n"), "yaml-tag", at="2:8"),
     "folder-spec-unknown-layer": Damage(replace_text(FOLDER_SPEC, "ReLU", "Relu"), "unknown-layer", at="21:3"),
     "folder-spec-unknown-block": Damage(replace_text(FOLDER_SPEC, "use: shared", "use: shard"), "unknown-block", at="20:3"),
     # ---- build: where the folder goes
-    "build-into-foreign-folder": Damage(_foreign_file_in_out, "build-dir", commands=(("build", "{spec}", "-o", "{b}"),)),
-    "build-onto-a-file": Damage(lambda w: None, "build-dir", commands=(("build", "{spec}", "-o", "{spec}"),)),
-    "build-on-meta": Damage(lambda w: None, "build-dir", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "meta"),)),
-    "build-device-unknown": Damage(lambda w: None, "usage", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "tpu9"),)),
-    "build-dtype-integer": Damage(lambda w: None, "usage", commands=(("build", "{spec}", "-o", "{w}/new", "--dtype", "int64"),)),
+    "build-into-foreign-folder": Damage(_foreign_file_in_out, "in-the-way", commands=(("build", "{spec}", "-o", "{b}"),)),
+    "build-onto-a-file": Damage(lambda w: None, "not-a-folder", commands=(("build", "{spec}", "-o", "{spec}"),)),
+    "build-on-meta": Damage(lambda w: None, "meta-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "meta"),)),
+    "build-device-unknown": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "tpu9"),)),
+    "build-dtype-integer": Damage(lambda w: None, "bad-dtype", commands=(("build", "{spec}", "-o", "{w}/new", "--dtype", "int64"),)),
+    "build-spec-into-its-own-folder": Damage(_user_folder_with_spec, "would-overwrite-spec", commands=(("build", "{w}/m/spec.yaml", "-o", "{w}/m"),)),
+    "build-over-user-folder-report-md": Damage(_user_folder_named_report_md, "in-the-way", commands=(("build", "{spec}", "-o", "{b}"),)),
+    "build-below-a-file": Damage(lambda w: None, "not-a-folder", commands=(("build", "{spec}", "-o", "{spec}/out"),)),
+    "build-device-cpu-99": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "cpu:99"),)),
+    "build-device-xla": Damage(lambda w: None, "bad-device", commands=(("build", "{spec}", "-o", "{w}/new", "--device", "xla"),)),
+    "build-input-too-large": Damage(_spec_file("huge.yaml", "modelspec: 1\ninput: {shape: [100000, 100000, 100000]}\nmodel:\n  - Linear: [100000, 2]\n"), "too-large",
+                                    commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml"))),
+    "build-input-shape-2-pow-64": Damage(_spec_file("huge.yaml", "modelspec: 1\ninput: {shape: [18446744073709551616, 4]}\nmodel:\n  - Linear: [4, 2]\n"), "too-large",
+                                         commands=(("build", "{w}/huge.yaml", "-o", "{w}/new"), ("report", "{w}/huge.yaml", "--device", "meta"))),
+    "build-spec-never-ends": Damage(lambda w: None, "too-large", commands=(("build", "/dev/zero", "-o", "{w}/new"), ("validate", "/dev/zero"))),
+    "grads-batch-too-large": Damage(lambda w: None, "too-large", commands=(("grads", "{b}", "--batch", "1000000000000"),)),
     # ---- report.json
-    "report-empty": Damage(write_bytes(REPORT, b""), "build-dir", ON_REPORT),
-    "report-not-json": Damage(write_bytes(REPORT, b"tensors: []\n"), "build-dir", ON_REPORT),
-    "report-truncated": Damage(truncate(REPORT, lambda n: n // 2), "build-dir", ON_REPORT),
-    "report-not-utf8": Damage(write_bytes(REPORT, b'{"format": "\xff"}'), "build-dir", ON_REPORT),
-    "report-null": Damage(write_bytes(REPORT, b"null"), "build-dir", ON_REPORT),
-    "report-a-list": Damage(write_bytes(REPORT, b"[]"), "build-dir", ON_REPORT),
-    "report-deeply-nested": Damage(write_bytes(REPORT, b"[" * 100_000 + b"]" * 100_000), "build-dir", ON_REPORT),
-    "report-format-other": Damage(edit_report(_set("format", "torchinfo")), "build-dir", ON_REPORT),
-    "report-version-2": Damage(edit_report(_set("version", 2)), "build-dir", ON_REPORT),
-    "report-totals-missing": Damage(edit_report(_del("totals")), "build-dir", ON_REPORT),
-    "report-unknown-field": Damage(edit_report(_set("tensor_count", 9)), "build-dir", ON_REPORT),
-    "report-tensors-a-mapping": Damage(edit_report(_set("tensors", {})), "build-dir", ON_REPORT),
-    "report-tensor-kind-unknown": Damage(edit_report(_first_tensor("kind", "weight")), "build-dir", ON_REPORT),
-    "report-tensor-numel-float": Damage(edit_report(_first_tensor("numel", 32.5)), "build-dir", ON_REPORT),
-    "report-missing": Damage(remove(REPORT), "build-dir", ON_REPORT),
+    "report-tensor-listed-twice": Damage(edit_report(_tensor_twice), "bad-report", ON_REPORT),
+    "report-tensor-numel-1e400": Damage(edit_report(_first_tensor("numel", 10**400)), "bad-report", ON_REPORT),
+    "report-tensor-shape-strings": Damage(edit_report(_first_tensor("shape", ["8", "4"])), "bad-report", ON_REPORT),
+    "report-stats-nan": Damage(edit_report(_stat("mean", float("nan"))), "bad-report", ON_REPORT),
+    "report-totals-negative": Damage(edit_report(_total("unique_params", -146)), "bad-report", ON_REPORT),
+    "report-tie-group-absent-tensors": Damage(edit_report(_tie_group_names_absent), "bad-report", ON_REPORT),
+    "report-empty": Damage(write_bytes(REPORT, b""), "bad-report", ON_REPORT),
+    "report-not-json": Damage(write_bytes(REPORT, b"tensors: []\n"), "bad-report", ON_REPORT),
+    "report-truncated": Damage(truncate(REPORT, lambda n: n // 2), "bad-report", ON_REPORT),
+    "report-not-utf8": Damage(write_bytes(REPORT, b'{"format": "\xff"}'), "bad-report", ON_REPORT),
+    "report-null": Damage(write_bytes(REPORT, b"null"), "bad-report", ON_REPORT),
+    "report-a-list": Damage(write_bytes(REPORT, b"[]"), "bad-report", ON_REPORT),
+    "report-deeply-nested": Damage(write_bytes(REPORT, b"[" * 100_000 + b"]" * 100_000), "bad-report", ON_REPORT),
+    "report-format-other": Damage(edit_report(_set("format", "torchinfo")), "bad-report", ON_REPORT),
+    "report-version-2": Damage(edit_report(_set("version", 2)), "bad-report", ON_REPORT),
+    "report-totals-missing": Damage(edit_report(_del("totals")), "bad-report", ON_REPORT),
+    "report-unknown-field": Damage(edit_report(_set("tensor_count", 9)), "bad-report", ON_REPORT),
+    "report-tensors-a-mapping": Damage(edit_report(_set("tensors", {})), "bad-report", ON_REPORT),
+    "report-tensor-kind-unknown": Damage(edit_report(_first_tensor("kind", "weight")), "bad-report", ON_REPORT),
+    "report-tensor-numel-float": Damage(edit_report(_first_tensor("numel", 32.5)), "bad-report", ON_REPORT),
+    "report-missing": Damage(remove(REPORT), "file-error", ON_REPORT),
 }
 # fmt: on
 
@@ -443,10 +543,10 @@ def test_damaged_artefact_api(tmp_path: Path, pristine: Path, name: str) -> None
 
 
 def test_corpus_is_large_and_covers_every_area() -> None:
-    assert len(SPEC_CASES) + len(ARTEFACTS) >= 100
+    assert len(SPEC_CASES) + len(GENERATED) + len(ARTEFACTS) >= 200
     prefixes = {n.split("-")[0] for n in ARTEFACTS}
     assert {"ckpt", "folder", "build", "report"} <= prefixes
-    assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) >= 20
+    assert sum(p.stem.startswith("yaml-") for p in SPEC_CASES) + len(GENERATED) >= 40
 
 
 @pytest.mark.parametrize("seed", ["18446744073709551616", "-1"])
@@ -455,3 +555,26 @@ def test_grads_seed_out_of_range(pristine: Path, seed: str) -> None:
     rc, _, err = run("grads", str(pristine / "build"), "--seed", seed)
     assert_clean_refusal(rc, err)
     assert "--seed" in err
+
+
+def test_example_input_too_large_on_meta_does_not_suggest_meta(tmp_path: Path) -> None:
+    spec = tmp_path / "huge.yaml"
+    spec.write_text("modelspec: 1\ninput: {shape: [18446744073709551616, 4]}\nmodel:\n  - Linear: [4, 2]\n")
+    rc, _, err = run("report", str(spec), "--device", "meta")
+    assert_clean_refusal(rc, err)
+    assert "error[too-large]" in err and "--device meta" not in err
+    rc, _, err = run("report", str(spec))
+    assert_clean_refusal(rc, err)
+    assert "error[too-large]" in err and "--device meta" in err
+
+
+@pytest.mark.parametrize("name", ["N", "y", "1e5", "0o17", "010", "1:00", "off", "true", "null", "<<"])
+def test_a_build_folder_reads_back_its_own_spec(tmp_path: Path, name: str) -> None:
+    """The resolved spec.yaml quotes every text that would read back as something else
+    (found by fuzzing: ``name: 'N'`` was written as ``name: N``, which load then refused)."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"modelspec: 1\nname: {json.dumps(name)}\nmodel:\n  - Linear: [4, 2]\n", encoding="utf-8")
+    modelspec.write_build(spec, tmp_path / "b")
+    assert modelspec.load(tmp_path / "b").__class__ is modelspec.build(spec).__class__
+    rc, _, err = run("validate", str(tmp_path / "b/spec.yaml"))
+    assert rc == 0, err
