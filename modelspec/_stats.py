@@ -4,9 +4,10 @@
   zero-copy view of its memory (no ``.numpy().tobytes()`` copy; works for bfloat16).
 * Statistics are accumulated in float64 and use only elementwise IEEE operations
   (conversion, subtraction, multiplication, addition), each correctly rounded whatever
-  the SIMD width, plus ``math.fsum``. Each 256 Ki-element chunk (the last one padded
-  with zeros to a power of two) is summed by a fixed pairwise tree: its right half is
-  added to its left half until 256 partial sums are left; all partials are combined
+  the SIMD width, plus ``math.fsum``. Each 128 Ki-element chunk (the last one padded
+  with zeros to a power of two) is summed by a fixed pairwise tree in a reused buffer:
+  its right half is added to its left half until 1024 partial sums are left; the
+  chunks' partials are folded the same way (row by row) and the last 1024 combined
   with ``math.fsum`` (correctly rounded). No
   torch reduction (``sum``, ``norm``, ``dot``) is used: their order depends on the
   vector width and the thread count, so their last digits differ between machines.
@@ -20,14 +21,16 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["TensorSummary", "raw_bytes", "sha256_of", "summarize"]
 
-_CHUNK = 1 << 18
-_LEAVES = 1 << 8
+_CHUNK = 1 << 17  # measured: 1 << 15 spends its time in per-op overhead, 1 << 18 in memory traffic
+_LEAVES = 1 << 10
 
 
 @dataclass(frozen=True)
@@ -71,18 +74,77 @@ def sha256_of(t: torch.Tensor) -> str:
     return hashlib.sha256(raw_bytes(t)).hexdigest()
 
 
-def _pairwise_partials(x: torch.Tensor) -> list[float]:
-    """Fold each row of ``x`` (rows, 2**k) in place by adding its right half to its left
-    half until at most ``_LEAVES`` partial sums are left; return them, row after row.
+def _fold(x: torch.Tensor, leaves: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (left, right) views whose in-place additions ``left += right``, in order, fold
+    each row of ``x`` (rows, 2**k) in halves until ``leaves`` partial sums are left.
 
     Every step is one elementwise addition of two blocks, so each partial sum is the
     same correctly rounded float64 on any CPU, SIMD level and thread count.
     """
-    n = x.shape[1]
-    while n > _LEAVES:
+    steps = []
+    n = x.shape[-1]
+    while n > leaves:
         n //= 2
-        x[:, :n].add_(x[:, n : 2 * n])  # elementwise: no reduction order to vary
-    return x[:, :n].tolist()
+        steps.append((x[..., :n], x[..., n : 2 * n]))
+    return steps
+
+
+@contextmanager
+def _one_intraop_thread() -> Iterator[None]:
+    """Run torch ops on the calling thread only, as long as the block lasts.
+
+    The statistics are many small elementwise ops; split over intra-op threads while
+    report() hashes in worker threads, they wait on threads that do not get a core
+    (five times slower on 2 cores). With OpenMP (torch's CPU builds) the setting
+    belongs to the calling thread, so other threads are not affected.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _sums(flat: torch.Tensor, shift: float) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """``fsum`` of ``flat - shift`` and of its squares, each term computed in float64;
+    and the min and max of ``flat`` (each chunk's, taken while it is in the cache)."""
+    n = flat.numel()
+    size = 1 << (min(n, _CHUNK) - 1).bit_length()  # a power of two: the chunk folds in halves
+    leaves = min(size, _LEAVES)
+    buf = torch.empty(2, size, dtype=torch.float64)  # row 0: values - shift, row 1: their squares
+    d, sq = buf[0], buf[1]
+    steps = _fold(buf, leaves)
+    chunks = flat.split(size)
+    # each chunk's leaves, one row per chunk (padded to a power of two), folded at the end
+    parts = torch.zeros(1 << (len(chunks) - 1).bit_length(), 2, leaves, dtype=torch.float64)
+    lows = torch.empty(len(chunks), dtype=flat.dtype)
+    highs = torch.empty(len(chunks), dtype=flat.dtype)
+    for part, chunk, low, high in zip(parts, chunks, lows, highs, strict=False):
+        torch.aminmax(chunk, out=(low, high))  # min and max are exact in any order
+        k = chunk.numel()
+        if k == size:
+            d.copy_(chunk)  # exact for every float dtype (an int64 beyond 2**53 rounds once)
+            d.sub_(shift)
+        else:
+            d[:k].copy_(chunk)
+            d[:k].sub_(shift)
+            d[k:].zero_()  # padding to a power of two adds nothing
+        torch.mul(d, d, out=sq)
+        for left, right in steps:
+            left.add_(right)
+        part.copy_(buf[:, :leaves])
+    rows = parts.shape[0]
+    while rows > 1:
+        rows //= 2
+        parts[:rows].add_(parts[rows : 2 * rows])
+    s, q = parts[0].tolist()
+    lo, _ = torch.aminmax(lows)
+    _, hi = torch.aminmax(highs)
+    return math.fsum(s), math.fsum(q), lo, hi
 
 
 def summarize(t: torch.Tensor) -> TensorSummary:
@@ -97,25 +159,8 @@ def summarize(t: torch.Tensor) -> TensorSummary:
         flat = flat.abs()
     # Shift by the first value so the variance does not cancel when |mean| >> std.
     shift = float(flat[0].double())
-    size = 1 << (min(n, _CHUNK) - 1).bit_length()  # a power of two: the chunk folds in halves
-    buf = torch.empty(2, size, dtype=torch.float64)  # row 0: values - shift, row 1: their squares
-    sums: list[float] = []
-    squares: list[float] = []
-    for start in range(0, n, _CHUNK):
-        chunk = flat[start : start + _CHUNK]
-        k = chunk.numel()
-        used = 1 << (k - 1).bit_length()
-        d = buf[0, :used]
-        d[:k].copy_(chunk)  # exact for every float dtype (an int64 beyond 2**53 rounds once)
-        d[:k].sub_(shift)
-        d[k:].zero_()  # padding to a power of two adds nothing
-        torch.mul(d, d, out=buf[1, :used])
-        s, q = _pairwise_partials(buf[:, :used])
-        sums += s
-        squares += q
-    total = math.fsum(sums)
-    total_sq = math.fsum(squares)
-    lo, hi = torch.aminmax(flat)
+    with _one_intraop_thread():
+        total, total_sq, lo, hi = _sums(flat, shift)
     lo_f, hi_f = float(lo) + 0.0, float(hi) + 0.0  # + 0.0: min(-0.0, 0.0) may be either zero
     if not (math.isfinite(total) and math.isfinite(total_sq) and math.isfinite(lo_f) and math.isfinite(hi_f)):
         bad = int((~torch.isfinite(flat)).sum()) if flat.is_floating_point() else 0
