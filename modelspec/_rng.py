@@ -179,12 +179,10 @@ def uniform_(t: torch.Tensor, lo: float = 0.0, hi: float = 1.0, *, generator: to
     # ``bits`` gives exactly random_(0, 2**bits): the same draws, without a division per value.
     mask = _I64_MASK53 if wide else _I32_MASK24
     offset = torch.tensor(first, dtype=ints.dtype, device="cpu")
-    for start in range(0, out.numel(), _CHUNK):
-        k = ints[start : start + _CHUNK]
+    for k, part in zip(ints.split(_CHUNK), out.split(_CHUNK), strict=True):
         k.random_(generator=generator).bitwise_and_(mask)  # one chunk at a time: it stays in cache
         if first:
             k.add_(offset)
-        part = out[start : start + _CHUNK]
         part.copy_(k).mul_(step)  # in place: k converts exactly; one rounding
         if low is not None:
             part.add_(low)  # one more rounding
