@@ -87,6 +87,8 @@ _SIGN_BIT = _i32(-(1 << 31))
 _SQRT_HALF_2_24 = _i32(0x3F3504F3 + (24 << 23))  # float32 bits of sqrt(1/2) (0x3F3504F3) times 2**24
 _I32 = {k: _i32(k) for k in (23, 29, 30, 31)}
 _I64 = {k: torch.tensor(k, dtype=torch.int64, device="cpu") for k in (24, 48)}
+_I32_MASK24 = _i32((1 << 24) - 1)
+_I64_MASK53 = torch.tensor((1 << 53) - 1, dtype=torch.int64, device="cpu")
 
 #: Random aten ops that :class:`PortableInit` does not replace; seen during a build they
 #: are recorded in ``PortableInit.unportable`` (no torch layer's default init uses one).
@@ -173,10 +175,15 @@ def uniform_(t: torch.Tensor, lo: float = 0.0, hi: float = 1.0, *, generator: to
     first = -(1 << (bits - 1)) if symmetric else 0
     out = _output(t, calc)
     ints = out.view(torch.int64 if wide else torch.int32)  # draw into the output's own memory
-    ints.random_(first, first + (1 << bits), generator=generator)  # one serial call; exact integers
-    for start in range(0, out.numel(), _CHUNK):
-        part = out[start : start + _CHUNK]
-        part.copy_(ints[start : start + _CHUNK]).mul_(step)  # in place: k converts exactly; one rounding
+    # random_() without bounds keeps the low 31 (63) bits of each draw, so masking them to
+    # ``bits`` gives exactly random_(0, 2**bits): the same draws, without a division per value.
+    mask = _I64_MASK53 if wide else _I32_MASK24
+    offset = torch.tensor(first, dtype=ints.dtype, device="cpu")
+    for k, part in zip(ints.split(_CHUNK), out.split(_CHUNK), strict=True):
+        k.random_(generator=generator).bitwise_and_(mask)  # one chunk at a time: it stays in cache
+        if first:
+            k.add_(offset)
+        part.copy_(k).mul_(step)  # in place: k converts exactly; one rounding
         if low is not None:
             part.add_(low)  # one more rounding
     return _store(t, out)
