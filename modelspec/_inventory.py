@@ -9,6 +9,7 @@ own traversal order (the name ``named_parameters()`` shows).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
@@ -171,19 +172,26 @@ def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor
     return list(by_id.values())
 
 
+def _hash_workers() -> int:
+    """Hashing threads: one per core the process may use, less the one the statistics keep busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores - 1)
+
+
 def inventory(
     module: nn.Module,
     info: BuildInfo | None = None,
     *,
     values: bool = True,
-    threads: int = 2,
+    threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     known_hashes: dict[str, str] | None = None,
 ) -> Report:
     """Inventory every unique parameter and buffer of ``module``.
 
     Checksums are computed in worker threads while statistics run on the caller's
-    thread (hashlib releases the GIL), so hashing dominates the time. With
+    thread (hashlib releases the GIL): one hashing thread per usable core but the one the
+    statistics keep busy (``threads`` overrides it), so hashing dominates the time. With
     ``values=False`` (and always on ``meta``) only structure is reported: no
     statistics, no checksums. ``progress(done_bytes, total_bytes)`` is called as
     tensors are finished. ``known_hashes`` (canonical name -> sha256) are checksums
@@ -204,7 +212,7 @@ def inventory(
         hashes = [None] * len(everything)
         stats = [None] * len(everything)
     else:
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        with ThreadPoolExecutor(max_workers=threads or _hash_workers()) as pool:
             known = known_hashes or {}
             futures = [None if names[0] in known else pool.submit(sha256_of, t) for t, names, _ in everything]
             total = sum(t.numel() * t.element_size() for t, _, _ in everything)
