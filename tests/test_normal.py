@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import RecordOps
 
 from modelspec import _rng
 from modelspec._rng import normal_
@@ -70,20 +70,10 @@ def test_zero_std_gives_the_mean() -> None:
     assert torch.equal(x, torch.full((100,), 1.5))
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_float32_path_uses_only_correctly_rounded_and_integer_operations() -> None:
     """No libm function (log, sin, cos, exp), no fused or multi-operand arithmetic (addcmul,
     lerp, where on floats), no reduction: those differ between SIMD levels."""
-    with _Ops() as ops:
+    with RecordOps() as ops:
         normal_(torch.empty(1001), 0.5, 2.0, generator=gen())
         normal_(torch.empty(10, dtype=torch.bfloat16), generator=gen())
     allowed = {

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import RecordOps
 
 from modelspec._stats import summarize
 
@@ -101,21 +101,11 @@ def test_build_and_report_json_are_identical_under_every_simd_level_and_thread_c
         assert out == first, f"{key} differs from {first_key}"
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
-
 def test_statistics_use_only_elementwise_operations() -> None:
     """A reduction (sum, norm, dot, mean, var) orders its additions by the vector width:
     statistics made from one would differ between machines in the last digits."""
     x = torch.linspace(-1, 1, 70_001)
-    with _Ops() as ops:
+    with RecordOps() as ops:
         summarize(x)
         summarize(x.to(torch.bfloat16))
         summarize(torch.tensor([1.0, float("nan")]))
@@ -127,6 +117,6 @@ def test_statistics_use_only_elementwise_operations() -> None:
     }  # fmt: skip
     assert ops.names <= allowed, ops.names - allowed
     # sum appears only to count non-finite values (an integer count: exact in any order)
-    with _Ops() as ops:
+    with RecordOps() as ops:
         summarize(x)
     assert "aten::sum" not in ops.names and "aten::linalg_vector_norm" not in ops.names
