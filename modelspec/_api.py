@@ -5,7 +5,6 @@ Library code here never prints; it returns values or raises a ModelspecError.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 import weakref
@@ -18,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ._build import DTYPES, BuildInfo, build_module
-from ._checkpoint import open_checkpoint, read_metadata, save_checkpoint, unique_state
+from ._checkpoint import Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
@@ -359,16 +358,19 @@ def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu
         BuildDirError: not a build folder. CheckpointError: the checkpoint is damaged,
         edited, or does not match the spec (``code`` says which check failed).
     """
-    folder = Path(build_dir)
-    dev = _parse_device(device)
+    return _load(Path(build_dir), _parse_device(device))[0]
+
+
+def _load(folder: Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
+    """``load``, also returning the verified checkpoint (its metadata need not be read again)."""
     resolved = _folder_spec(folder)
     ckpt = open_checkpoint(folder / CHECKPOINT_FILE)  # header and metadata only: no tensor data yet
     ckpt.check_spec(resolved.spec.sha256)  # an edited spec.yaml (say, an enormous layer) stops here
     skeleton = _build(resolved, "meta", None)
     ckpt.check_structure(skeleton)  # ties, names, shapes: still nothing allocated
-    module = _allocate(resolved, dev, skeleton)
+    module = _allocate(resolved, device, skeleton)
     ckpt.load_into(module)  # each tensor takes the dtype it was saved in; sha256 checked first
-    return module
+    return module, ckpt
 
 
 def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> nn.Module:
@@ -418,15 +420,14 @@ def open_target(
     if not p.exists():
         recover(p)  # a build killed between its two renames: the old folder comes back
     if p.is_dir():
-        module = load(p)
-        ckpt = p / CHECKPOINT_FILE
-        verified = json.loads(read_metadata(ckpt)["sha256"])  # load() just checked every one
+        module, ckpt = _load(p, torch.device("cpu"))
 
         def weights(name: str) -> torch.Tensor:
-            with safetensors.safe_open(str(ckpt), framework="pt") as f:
+            with safetensors.safe_open(str(ckpt.path), framework="pt") as f:
                 return f.get_tensor(name)
 
-        rep = inventory(module, _INFO.get(module), progress=progress, known_hashes=verified)
+        # load_into just checked every sha256: not computed again
+        rep = inventory(module, _INFO.get(module), progress=progress, known_hashes=ckpt.sha256)
         return Target(rep, module, weights)
     if p.suffix == ".json":
         try:

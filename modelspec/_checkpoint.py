@@ -51,7 +51,6 @@ __all__ = [
     "load_checkpoint",
     "metadata_digest",
     "open_checkpoint",
-    "read_metadata",
     "save_checkpoint",
     "unique_state",
 ]
@@ -417,11 +416,6 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The checkpoint's verified metadata; raises CheckpointError (see ``open_checkpoint``)."""
-    return open_checkpoint(path).metadata
 
 
 def load_checkpoint(module: nn.Module, path: Path, *, spec_sha256: str) -> dict[str, str]:
