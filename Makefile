@@ -36,6 +36,7 @@ schemas: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/zoo.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,127 @@
+"""Zoo benchmarks: the bundled GPT-2 small and ResNet-18 specs against their handwritten twins.
+
+Run: ``python benchmarks/zoo.py [--repeat N] [--no-compile]`` (``make bench`` runs it after
+``run.py``). Each ratio compares two things measured in this run, on this machine:
+
+- building from the spec (``modelspec.build``: construct, portable seeded init, the example
+  pass that checks shapes, the declared ties) / constructing the handwritten twin (target <= 1.05);
+- forward of the built model / forward of the twin, eager (target <= 1.02) and under
+  ``torch.compile`` (target <= 1.02; the first, compiling call is not timed).
+
+The twins are the references the test suite proves the specs equal to (``tests/twins.py``):
+same keys, same outputs. Times are the best of N rounds; built and twin alternate within a
+round so that drifts of the machine hit both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import twins  # noqa: E402  (the handwritten references of the test suite)
+
+import modelspec  # noqa: E402
+
+Row = tuple[str, str, str, str]
+
+
+def alternate(a: Callable[[], object], b: Callable[[], object], rounds: int) -> tuple[float, float]:
+    """Best time of ``a`` and of ``b`` over ``rounds`` rounds, run a, b, a, b, ..."""
+    best_a = best_b = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        a()
+        best_a = min(best_a, time.perf_counter() - start)
+        start = time.perf_counter()
+        b()
+        best_b = min(best_b, time.perf_counter() - start)
+    return best_a, best_b
+
+
+def row(name: str, ours: float, theirs: float, target: float | None) -> tuple[Row, bool]:
+    ratio = ours / theirs
+    ok = target is None or ratio <= target
+    goal = f"<= {target:.2f} {'ok' if ok else 'MISSED'}" if target is not None else "—"
+    return (name, f"{ours:.3f} s vs {theirs:.3f} s", f"{ratio:.2f}x", goal), ok
+
+
+def gpt2_twin() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return twins.GPT(twins.GPT2_SMALL)
+
+
+def resnet_twin() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return twins.ResNet18()
+
+
+CASES = {
+    # name: (spec, twin, example input, forward passes per timing)
+    "GPT-2 small": ("specs/zoo/gpt2.yaml", gpt2_twin, lambda: torch.randint(0, 50257, (1, 128)), 5),
+    "ResNet-18": ("specs/zoo/resnet18.yaml", resnet_twin, lambda: torch.rand(2, 3, 160, 160), 3),
+}
+
+
+def bench(repeat: int, compile_too: bool) -> tuple[list[Row], bool]:
+    rows: list[Row] = []
+    all_ok = True
+
+    def add(r: tuple[Row, bool]) -> None:
+        nonlocal all_ok
+        rows.append(r[0])
+        all_ok &= r[1]
+
+    for name, (spec, twin, make_input, passes) in CASES.items():
+        path = ROOT / spec
+        build_s, twin_s = alternate(lambda p=path: modelspec.build(p), twin, repeat)
+        add(row(f"{name}: build from spec vs construct twin", build_s, twin_s, 1.05))
+
+        built, hand = modelspec.build(path).eval(), twin().eval()
+        hand.load_state_dict(built.state_dict())
+        x = make_input()
+        with torch.no_grad():
+            assert torch.allclose(built(x), hand(x), atol=1e-4), f"{name}: outputs differ"
+            for _ in range(2):  # warm up both
+                built(x), hand(x)
+            ours, theirs = alternate(
+                lambda: [built(x) for _ in range(passes)], lambda: [hand(x) for _ in range(passes)], repeat * 2
+            )
+        add(row(f"{name}: forward, eager ({passes} passes)", ours, theirs, 1.02))
+        if compile_too:
+            cb, ch = torch.compile(built), torch.compile(hand)
+            with torch.no_grad():
+                cb(x), ch(x)  # compiles
+                ours, theirs = alternate(
+                    lambda: [cb(x) for _ in range(passes)], lambda: [ch(x) for _ in range(passes)], repeat * 2
+                )
+            add(row(f"{name}: forward, torch.compile ({passes} passes)", ours, theirs, 1.02))
+    return rows, all_ok
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("benchmark", "measured", "ratio", "target")
+    width = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    for r in (header, tuple("-" * w for w in width), *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (slow to compile)")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
+    rows, ok = bench(args.repeat, not args.no_compile)
+    print_table(rows)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
