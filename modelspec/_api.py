@@ -87,8 +87,15 @@ def compile_spec(source: SpecSource) -> Resolved:
 
 
 def validate(source: SpecSource) -> list[Diagnostic]:
-    """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError."""
-    return list(compile_spec(source).spec.warnings)
+    """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError.
+
+    Parameter ties name parameters of the built model, so a spec with ``ties:`` is also
+    built on ``meta`` (shapes only, nothing allocated) to check each tie's names, shapes
+    and dtypes."""
+    resolved = compile_spec(source)
+    if resolved.spec.ties:
+        build_module(resolved, device="meta")
+    return list(resolved.spec.warnings)
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -21,16 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from torch.nn.parameter import UninitializedParameter
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
+from ._flow import GraphInfo, build_graph
 from ._fmt import human_bytes
 from ._memory import allocating, is_out_of_memory, tensor_bytes
+from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Seq, Use, iter_uses
 from ._resolve import Resolved
 from ._rng import PortableInit
-from ._spec import Children, Layer, Node, Seq, Spec, Use
+from ._spec import Spec
+from ._ties import apply_ties
 
 __all__ = ["DTYPES", "BuildInfo", "build_module"]
 
@@ -78,6 +82,7 @@ class _Builder:
         self.errors = errors
         self.blocks: dict[str, nn.Module] = {}
         self.paths: dict[int, SpecPath] = {}  # id(module) -> defining spec path
+        self.graphs: dict[int, GraphInfo] = {}  # id(GraphModule) -> its graph
 
     def node(self, node: Node) -> nn.Module:
         if isinstance(node, Use):
@@ -86,6 +91,8 @@ class _Builder:
             module = self.layer(node)
         elif isinstance(node, Seq):
             module = nn.Sequential(*(self.node(n) for n in node.items))
+        elif isinstance(node, Graph):
+            module = build_graph(node, self)
         else:
             assert isinstance(node, Children)
             module = nn.Sequential(OrderedDict((k, self.node(v)) for k, v in node.children))
@@ -95,19 +102,41 @@ class _Builder:
     def layer(self, node: Layer) -> nn.Module:
         entry = registry.get_layer(node.type)
         assert entry is not None  # the spec stage checked it
+        modules = {name: self.node(arg) for name, arg in node.modules}
         try:
-            return entry.cls(**node.values)
+            built = entry.cls(**node.values, **modules)
         except Exception as e:  # noqa: BLE001 - torch raises many types for bad values
-            if is_out_of_memory(e):  # a size the spec states but this machine cannot hold
-                spec = self.spec.file if self.spec.file != "<spec>" else "SPEC"
-                message = f"{node.type}(...) needs {_size_on_meta(entry.cls, node.values)}, more than can be allocated"
-                hint = f"see the sizes without allocating: modelspec report {spec} --device meta"
-                self.errors.add("too-large", message, node.path, hint=hint)
-                return nn.Identity()
-            self.errors.add(
-                "build-error", f"{node.type}(...) failed: {_first_line(e)}", node.path, hint="check the argument values"
-            )
+            return self.failed(node, entry, e)
+        self.guard_identity(node, built)
+        return built
+
+    def guard_identity(self, node: Layer, built: nn.Module) -> None:
+        """A block given to a constructor must be in what it built: a copy would break rule 1."""
+        inside = {id(m) for m in built.modules()}
+        for name, arg in node.modules:
+            for use in iter_uses(arg):
+                block = self.blocks.get(use.block)
+                if block is not None and id(block) not in inside:
+                    self.errors.add(
+                        "copied-block",
+                        f"{node.type} copies its argument '{name}': the built module holds copies of block "
+                        f"'{use.block}', not the block itself, so its uses would not share parameters",
+                        use.path,
+                        hint=f"write the layer inline under '{name}' (the copies are then independent, as "
+                        f"{node.type} makes them), or place the block's uses yourself in a list or graph",
+                    )
+
+    def failed(self, node: Layer, entry: registry.LayerType, e: Exception) -> nn.Module:
+        if is_out_of_memory(e):  # a size the spec states but this machine cannot hold
+            spec = self.spec.file if self.spec.file != "<spec>" else "SPEC"
+            message = f"{node.type}(...) needs {_size_on_meta(entry.cls, node.values)}, more than can be allocated"
+            hint = f"see the sizes without allocating: modelspec report {spec} --device meta"
+            self.errors.add("too-large", message, node.path, hint=hint)
             return nn.Identity()
+        self.errors.add(
+            "build-error", f"{node.type}(...) failed: {_first_line(e)}", node.path, hint="check the argument values"
+        )
+        return nn.Identity()
 
 
 def _size_on_meta(cls: type[nn.Module], values: dict[str, Any]) -> str:
@@ -167,6 +196,8 @@ def build_module(
             builder.paths[id(root)] = ()
         _materialize(root, roots, spec, builder, device, errors)
     errors.raise_if_errors()
+    apply_ties(root, spec.ties, errors)
+    errors.raise_if_errors()
     if dtype is not None:
         root = root.to(dtype)  # keeps module and parameter ties (see TIES-IN-TORCH.md)
     return root, _info(root, spec, builder)
@@ -185,18 +216,29 @@ def _materialize(
     input (token ids) also runs for real on one example of the batch.
     """
     lazy = [(n, m) for n, m in root.named_modules() if _is_lazy(m)]
-    if spec.input is None and not lazy:
+    examples: dict[str, list[tuple[InputSpec, str]]] = {}
+    for name, model in roots.items():
+        found = _examples(spec, name, errors)
+        if found is not None:
+            examples[name] = found
+            continue
+        mine = [(n, m) for n, m in model.named_modules() if _is_lazy(m)]
+        if mine:
+            where, module = mine[0]
+            node = spec.roots[name]
+            fix = "add 'input: {shape: [batch, features]}'"
+            if isinstance(node, Graph) and len(node.inputs) > 1:
+                fix = "give each input an example: 'inputs: {" + ", ".join(
+                    f"{i.name}: {{shape: [...]}}" for i in node.inputs) + "}'"  # fmt: skip
+            errors.add(
+                "missing-input",
+                f"{type(module).__name__} at '{where}' is sized lazily but the spec has no example input"
+                + (f" for model '{name}'" if name else ""),
+                builder.paths.get(id(module), ()),
+                hint=fix,
+            )
+    if not examples:
         return
-    if spec.input is None:
-        name, module = lazy[0]
-        errors.add(
-            "missing-input",
-            f"{type(module).__name__} at '{name}' is sized lazily but the spec has no 'input'",
-            builder.paths.get(id(module), ()),
-            hint="add 'input: {shape: [batch, features]}'",
-        )
-        return
-    x = example_input(spec, device)
     modes = {m: m.training for m in root.modules()}
     tracer = _Tracer()
     hooks = []
@@ -207,17 +249,25 @@ def _materialize(
     try:
         with torch.no_grad():
             for name, model in roots.items():
+                if name not in examples:
+                    continue
+                xs = tuple(example_tensor(e, device, where) for e, where in examples[name])
                 # Fast path without lazy layers: the same pass on meta stand-ins costs no
                 # arithmetic. Any failure there is re-run for real, so a missing meta kernel
                 # or an op that bypasses the swap can never produce a false error.
-                if not lazy and device.type != "meta" and _passes_on_meta(model, x):
-                    if x.is_floating_point() or _passes(model, x[:1], tracer):
+                if not lazy and device.type != "meta" and _passes_on_meta(model, xs):
+                    if all(x.is_floating_point() for x in xs) or _passes(model, tuple(x[:1] for x in xs), tracer):
                         continue
                 tracer.reset()
+                steps: list[_Step] = []
                 try:
-                    model(x)
+                    with _stepping(model, builder, steps):
+                        model(*xs)
                 except Exception as e:  # noqa: BLE001 - report any failure at its layer
-                    _report_failure(e, name, x, spec, tracer, errors)
+                    if steps:
+                        _report_graph_failure(e, name, xs, spec, tracer, steps[-1], builder, errors)
+                    else:
+                        _report_failure(e, name, xs[0], spec, tracer, errors)
     finally:
         for h in hooks:
             h.remove()
@@ -288,10 +338,10 @@ class _Tracer:
         return tuple(out)
 
 
-def _passes(model: nn.Module, x: torch.Tensor, tracer: _Tracer) -> bool:
+def _passes(model: nn.Module, xs: tuple[torch.Tensor, ...], tracer: _Tracer) -> bool:
     tracer.reset()
     try:
-        model(x)
+        model(*xs)
     except Exception:  # noqa: BLE001 - the full pass reports it, or shows it was a false alarm
         return False
     return True
@@ -337,6 +387,96 @@ def _locate(spec: Spec, model: str, keys: tuple[str, ...]) -> _Site:
         else:
             break  # inside a layer: the layer is the place in the spec
     return _Site(node, tuple(uses))
+
+
+@dataclass
+class _Step:
+    """The graph node being computed when the example pass failed, and what it got."""
+
+    module: fx.GraphModule
+    node: fx.Node
+    args: tuple[Any, ...] = ()
+
+
+class _Stepper(fx.Interpreter):
+    """Runs a GraphModule node by node, recording the node in progress (the generated
+    forward is used everywhere else; this is only for saying where a pass failed)."""
+
+    def __init__(self, module: fx.GraphModule, steps: list[_Step]) -> None:
+        super().__init__(module, garbage_collect_values=False)
+        self.steps = steps
+
+    def run_node(self, n: fx.Node) -> Any:
+        step = _Step(self.module, n)  # type: ignore[arg-type]
+        self.steps.append(step)
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            step.args = (*args, *kwargs.values())
+            out = getattr(self, n.op)(n.target, args, kwargs)
+        self.steps.pop()
+        return out
+
+
+@contextlib.contextmanager
+def _stepping(model: nn.Module, builder: _Builder, steps: list[_Step]) -> Iterator[None]:
+    """Run every graph of ``model`` through :class:`_Stepper` (hooks still fire)."""
+    graphs = [m for m in model.modules() if id(m) in builder.graphs]
+    for gm in graphs:
+        names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+
+        def forward(*args: Any, _gm: fx.GraphModule = gm, _names: list[Any] = names, **kwargs: Any) -> Any:
+            bound = list(args) + [kwargs[n] for n in _names[len(args) :]]
+            return _Stepper(_gm, steps).run(*bound)
+
+        gm.forward = forward  # an instance attribute: __call__ and its hooks use it
+    try:
+        yield
+    finally:
+        for gm in graphs:
+            del gm.forward
+
+
+def _report_graph_failure(
+    e: Exception,
+    model: str,
+    xs: tuple[torch.Tensor, ...],
+    spec: Spec,
+    tracer: _Tracer,
+    step: _Step,
+    builder: _Builder,
+    errors: Collector,
+) -> None:
+    """Report a failure inside a graph at the graph node that failed: an op with the shapes
+    it got, or a layer node with the layer's own diagnosis."""
+    info = builder.graphs[id(step.module)]
+    node = info.nodes.get(step.node.name)
+    label = f"model '{model}'" if model else "the model"
+    shapes = ", ".join(str(list(a.shape)) for a in step.args if isinstance(a, torch.Tensor)) or "no tensor"
+    given = " and ".join(str(list(x.shape)) for x in xs)
+    if node is None:  # an fx node of our own (an item picked from a tuple)
+        where, path = format_path(info.graph.path), info.graph.path
+        hint = f"it got {shapes}"
+        if step.node.target is __import__("operator").getitem and step.args:
+            got = step.args[0]
+            hint = f"'{step.node.args[0]}' gives {type(got).__name__}, not a tuple with that item"
+    elif isinstance(node.body, Op):
+        where, path = format_path(node.path), node.path
+        hint = f"{node.body.type} gets {shapes}: make the shapes of {', '.join(map(str, node.refs))} agree"
+        if node.body.entry.tuple_output is False and any(isinstance(a, (tuple, list)) for a in step.args):
+            hint = "an input is a tuple: pick an item with name[i], e.g. 'lstm[0]'"
+    else:
+        where, path = format_path(node.path), node.path
+        hint = f"check the layer sizes against the example input {given}"
+        frame = tracer.stack[-1] if tracer.stack else None
+        if frame is not None and id(frame.module) not in builder.graphs:
+            site = _Site(node.body, ())
+            tracer.paused = True
+            try:
+                hint = _diagnose(frame, site, model, xs[0], spec, tracer)
+            finally:
+                tracer.paused = False
+    errors.add("build-error", f"the example input {given} failed in {label} at {where}: {_first_line(e)}", path,
+               hint=hint)  # fmt: skip
 
 
 def _report_failure(e: Exception, model: str, x: torch.Tensor, spec: Spec, tracer: _Tracer, errors: Collector) -> None:
@@ -426,7 +566,7 @@ def _works_with_other_dtype(module: nn.Module, args: tuple[Any, ...]) -> bool:
     return True
 
 
-def _passes_on_meta(model: nn.Module, x: torch.Tensor) -> bool:
+def _passes_on_meta(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> bool:
     """Run ``model`` on a meta copy of ``x`` with every tensor swapped for a meta stand-in
     (one per unique tensor, so ties hold); put the real tensors back whatever happens."""
     stand_ins: dict[int, torch.Tensor] = {}
@@ -438,7 +578,7 @@ def _passes_on_meta(model: nn.Module, x: torch.Tensor) -> bool:
                     if t is not None:
                         saved.append((store, key, t))
                         store[key] = stand_ins.setdefault(id(t), torch.empty_like(t, device="meta"))
-        model(x.to("meta"))
+        model(*(x.to("meta") for x in xs))
         return True
     except Exception:  # noqa: BLE001 - the real pass reports it, or shows it was a false alarm
         return False
@@ -468,18 +608,47 @@ def _info(root: nn.Module, spec: Spec, builder: _Builder) -> BuildInfo:
     return BuildInfo(spec=spec, block_sites={k: tuple(v) for k, v in sites.items()}, origins=origins)
 
 
+def _examples(spec: Spec, model: str, errors: Collector) -> list[tuple[InputSpec, str]] | None:
+    """The example inputs of one model, in its forward's order, or None.
+
+    A graph's ``inputs:`` may give each input an example; otherwise a model with one
+    input takes the top-level ``input``."""
+    node = spec.roots[model]
+    if isinstance(node, Graph):
+        given = [i.example for i in node.inputs]
+        if all(g is not None for g in given):
+            return [(g, f"inputs.{i.name}.shape") for g, i in zip(given, node.inputs, strict=True)]  # type: ignore[misc]
+        if any(g is not None for g in given):
+            missing = [i for i in node.inputs if i.example is None]
+            errors.add(
+                "missing-input",
+                f"input '{missing[0].name}' has no example while other inputs have one",
+                missing[0].path,
+                hint=f"give it one: '{missing[0].name}: {{shape: [...], dtype: ...}}'",
+            )
+            return None
+        if len(node.inputs) > 1:
+            return None
+    return [(spec.input, "input.shape")] if spec.input is not None else None
+
+
 def example_input(spec: Spec, device: Any = "cpu") -> torch.Tensor:
-    """Zeros shaped like the spec's example input, for the sizing pass.
+    """Zeros shaped like the spec's top-level example input."""
+    assert spec.input is not None
+    return example_tensor(spec.input, device)
+
+
+def example_tensor(example: InputSpec, device: Any = "cpu", where: str = "input.shape") -> torch.Tensor:
+    """Zeros shaped like an example input, for the sizing pass.
 
     Modules are constructed in float32 and converted to the build's dtype afterwards,
     so a floating input takes part in the pass as float32 (the pass is about shapes).
     """
-    assert spec.input is not None
-    dtype = DTYPES[spec.input.dtype]
+    dtype = DTYPES[example.dtype]
     device = torch.device(device)
     dtype = torch.float32 if dtype.is_floating_point else dtype
-    fix = "make input.shape smaller (it only sizes the layers: a batch of 2 is enough)"
+    fix = f"make {where} smaller (it only sizes the layers: a batch of 2 is enough)"
     if device.type != "meta":
         fix += ", or use '--device meta'"
-    with allocating(tensor_bytes(spec.input.shape, dtype), device, f"the example input {list(spec.input.shape)}", fix):
-        return torch.zeros(spec.input.shape, dtype=dtype, device=device)
+    with allocating(tensor_bytes(example.shape, dtype), device, f"the example input {list(example.shape)}", fix):
+        return torch.zeros(example.shape, dtype=dtype, device=device)

@@ -100,6 +100,11 @@ class Param:
     opaque: str | None = None
 
     @property
+    def takes_module(self) -> bool:
+        """Whether the constructor takes a module here: a spec writes a node (built first)."""
+        return self.opaque == "a module"
+
+    @property
     def writable(self) -> bool:
         """Whether a spec can give this parameter a value other than null."""
         return self.adapter is not None and self.annotation is not type(None)
@@ -113,6 +118,12 @@ class Param:
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {}
+        if self.takes_module:
+            any_of: list[dict[str, Any]] = [{"$ref": "#/$defs/Node"}]
+            if not self.required:
+                any_of.append({"type": "null"})
+            return {"anyOf": any_of, "description": "a module: a layer written inline (a template the constructor "
+                    "may copy), or {use: block} where the constructor keeps the object"}  # fmt: skip
         if not self.writable:
             schema = {"type": "null"} if not self.required else {"not": {}}
             schema["description"] = f"takes {self.opaque or 'a Python object'}: cannot be written in a spec yet"
@@ -302,11 +313,16 @@ def get_layer(name: str) -> LayerType | None:
     return None if cls is None else _make(name, cls)
 
 
-def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[ArgError]]:
-    """Check ``args``/``kwargs`` against ``layer``'s constructor.
+def bind_arguments(
+    layer: Any, args: list[Any], kwargs: dict[str, Any], *, modules: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[ArgError]]:
+    """Check ``args``/``kwargs`` against ``layer``'s parameters (a :class:`LayerType`, or
+    anything with ``name``, ``params`` and ``param_names``, such as an op).
 
     Returns the arguments bound by name (validated values, e.g. lists made tuples where
-    the constructor wants tuples) and every problem found.
+    the constructor wants tuples) and every problem found. Parameters named in
+    ``modules`` were given as nodes (parsed by the caller): they count as given and are
+    not returned.
     """
     from ._errors import closest
 
@@ -352,7 +368,7 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
         else:
             bound[key] = (value, (key,))
     for p in layer.params:
-        if p.required and p.name not in bound and p.name not in meant:
+        if p.required and p.name not in bound and p.name not in meant and p.name not in modules:
             errors.append(
                 ArgError(
                     "missing-argument",
@@ -363,7 +379,11 @@ def bind_arguments(layer: LayerType, args: list[Any], kwargs: dict[str, Any]) ->
             )
     out: dict[str, Any] = {}
     by_name = {p.name: p for p in layer.params}
+    for name in modules:
+        bound.pop(name, None)
     for p in layer.params:
+        if p.name in modules:
+            continue
         given = p.name in bound and bound[p.name][0] is not None
         if not p.writable and (p.required or given):
             errors.append(ArgError(

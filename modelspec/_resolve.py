@@ -1,8 +1,13 @@
-"""Stage 3: a Spec -> a Resolved spec whose block references are known to be sound.
+"""Stage 3: a Spec -> a Resolved spec whose references are known to be sound.
 
 Checks that every ``use`` names a declared block, that no block uses itself (directly
 or through others: the cycle is spelled out), and warns about blocks never used. The
 result orders blocks so that each is built after the blocks it uses.
+
+Inside every graph: each ``in:`` and ``outputs:`` name is an input, a node, a param or a
+buffer of that graph; nodes do not feed themselves (the cycle is spelled out); every
+node, input and free tensor is read by something (nothing computed for nobody); names
+do not collide (``a`` and ``a.b`` cannot both be layers).
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._errors import Collector, did_you_mean
-from ._spec import Children, Layer, Node, Seq, Spec, Use
+from ._nodes import Graph, GraphNode, Node, Op, iter_uses, subnodes
+from ._spec import Spec
 
-__all__ = ["Resolved", "iter_uses", "resolve"]
+__all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -24,18 +30,95 @@ class Resolved:
     order: tuple[str, ...]
 
 
-def iter_uses(node: Node) -> Iterator[Use]:
-    """Every ``use`` inside ``node``, in document order."""
-    if isinstance(node, Use):
+def iter_graphs(node: Node) -> Iterator[Graph]:
+    """Every graph inside ``node`` (itself included), outermost first."""
+    if isinstance(node, Graph):
         yield node
-    elif isinstance(node, Seq):
-        for item in node.items:
-            yield from iter_uses(item)
-    elif isinstance(node, Children):
-        for _, child in node.children:
-            yield from iter_uses(child)
-    else:
-        assert isinstance(node, Layer)
+    for sub in subnodes(node):
+        yield from iter_graphs(sub)
+
+
+def graph_order(graph: Graph) -> list[GraphNode] | list[str]:
+    """The nodes in an order where each comes after the nodes it reads: the written
+    order wherever it allows. A cycle is returned as the list of names around it."""
+    by_name = {n.name: n for n in graph.nodes}
+    done: set[str] = set()
+    order: list[GraphNode] = []
+    on_path: list[str] = []
+
+    def visit(node: GraphNode) -> list[str] | None:
+        if node.name in done:
+            return None
+        if node.name in on_path:
+            return [*on_path[on_path.index(node.name) :], node.name]
+        on_path.append(node.name)
+        for ref in node.refs:
+            if ref.name in by_name:
+                cycle = visit(by_name[ref.name])
+                if cycle:
+                    return cycle
+        on_path.pop()
+        done.add(node.name)
+        order.append(node)
+        return None
+
+    for node in graph.nodes:
+        cycle = visit(node)
+        if cycle:
+            return cycle
+    return order
+
+
+def _check_graph(graph: Graph, errors: Collector) -> None:
+    names: dict[str, tuple[str, object]] = {}
+    for kind, name, path in [
+        *(("input", i.name, i.path) for i in graph.inputs),
+        *(("param" if t.kind == "param" else "buffer", t.name, t.path) for t in graph.tensors),
+        *(("node", n.name, n.path) for n in graph.nodes),
+    ]:
+        if name in names:
+            errors.add("duplicate-name", f"'{name}' names both {names[name][0]} and {kind}", path,
+                       hint="give each input, node, param and buffer of a graph its own name")  # fmt: skip
+        names.setdefault(name, (kind, path))
+    attributes = [n.name for n in graph.nodes if not isinstance(n.body, Op)] + [t.name for t in graph.tensors]
+    for name in attributes:
+        for other in attributes:
+            if other.startswith(name + "."):
+                errors.add("name-conflict", f"'{other}' would nest inside '{name}', which is a layer or tensor",
+                           names[other][1], hint=f"rename '{name}' or '{other}'")  # fmt: skip
+                break
+    read: set[str] = set()
+    for ref in [*(r for n in graph.nodes for r in n.refs), *graph.outputs]:
+        read.add(ref.name)
+        if ref.name not in names:
+            errors.add(
+                "unknown-input",
+                f"'{ref.name}' is not an input, node, param or buffer of this graph",
+                ref.path,
+                hint=did_you_mean(ref.name, names) or f"it has: {', '.join(names)}",
+            )
+    for node in graph.nodes:
+        if any(r.name == node.name for r in node.refs):
+            errors.add("graph-cycle", f"node '{node.name}' reads its own output", node.path,
+                       hint="read an earlier node or an input")  # fmt: skip
+    order = graph_order(graph)
+    if order and isinstance(order[0], str) and len(order) > 2:
+        cycle = [str(n) for n in order]
+        at = next(n.path for n in graph.nodes if n.name == cycle[0])
+        errors.add("graph-cycle", f"nodes read each other in a circle: {' -> '.join(cycle)}", at,
+                   hint="data flows one way: one of these must read an earlier node")  # fmt: skip
+    for kind, name, path in [
+        *(("node", n.name, n.path) for n in graph.nodes),
+        *(("input", i.name, i.path) for i in graph.inputs),
+        *((t.kind, t.name, t.path) for t in graph.tensors),
+    ]:
+        if name not in read:
+            fix = {
+                "node": "read it in a later node's 'in:', list it in 'outputs:', or remove it",
+                "input": f"read it in a node's 'in:' (e.g. 'in: {name}'), or remove it from 'inputs'",
+            }.get(kind, f"read it in a node's 'in:' (e.g. 'in: [x, {name}]'), or remove it")
+            errors.add(f"unused-{kind}", f"{kind} '{name}' is never read: nothing uses what it computes"
+                       if kind == "node" else f"{kind} '{name}' is never read", path, hint=fix)  # fmt: skip
 
 
 def resolve(spec: Spec) -> Resolved:
@@ -91,6 +174,9 @@ def resolve(spec: Spec) -> Resolved:
                 hint=f"remove it, or place it with '{{use: {name}}}'",
                 severity="warning",
             )
+    for root in [*spec.blocks.values(), *spec.roots.values()]:
+        for graph in iter_graphs(root):
+            _check_graph(graph, errors)
     errors.raise_if_errors()
     return Resolved(spec=_with_warnings(spec, errors), order=tuple(order))
 

@@ -12,67 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import _registry as registry
 from ._files import make_folder
 from ._inventory import Report
+from ._nodes import RESERVED, schema_defs
 from ._outfile import check_output_file, write_output_file
-from ._spec import _NAME, NODE_MARKER, RESERVED, RESERVED_CHILD_NAMES, RESERVED_MODEL_NAMES, SpecFile
+from ._spec import _NAME, NODE_MARKER, RESERVED_MODEL_NAMES, SpecFile
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
 
 _BASE = "https://github.com/modelspec/modelspec/schemas/"
 SCHEMA_FILES = ("modelspec.schema.json", "report.schema.json")
-
-
-def _node_defs() -> dict[str, Any]:
-    names = registry.layer_names()
-    layer_refs = []
-    defs: dict[str, Any] = {}
-    for name in names:
-        entry = registry.get_layer(name)
-        assert entry is not None
-        defs[f"layer.{name}"] = {
-            "type": "object",
-            "properties": {name: entry.json_schema()},
-            "required": [name],
-            "additionalProperties": False,
-        }
-        layer_refs.append({"$ref": f"#/$defs/layer.{name}"})
-    defs["Node"] = {
-        "description": "a layer, a list (nn.Sequential), named children, or {use: block}",
-        "anyOf": [
-            {"type": "string", "enum": names, "description": "a layer without arguments"},
-            *layer_refs,
-            {"$ref": "#/$defs/Use"},
-            {
-                "type": "array",
-                "items": {"$ref": "#/$defs/Node"},
-                "minItems": 1,
-                "description": "layers run in order: nn.Sequential",
-            },
-            {"$ref": "#/$defs/Children"},
-        ],
-    }
-    defs["Use"] = {
-        "type": "object",
-        "properties": {"use": {"type": "string", "description": "a block declared under 'blocks:'"}},
-        "required": ["use"],
-        "additionalProperties": False,
-    }
-    defs["Children"] = {
-        "type": "object",
-        "description": "named children, run in order; names are lower-case identifiers",
-        "minProperties": 1,
-        "patternProperties": {"^[a-z_][A-Za-z0-9_]*$": {"$ref": "#/$defs/Node"}},
-        "additionalProperties": False,
-        "propertyNames": {"not": {"enum": _taken(RESERVED_CHILD_NAMES, "^[a-z_]")}},
-    }
-    return defs
-
-
-def _taken(names: frozenset[str], start: str) -> list[str]:
-    """Reserved keywords and the given attribute names that a name pattern would admit."""
-    return sorted(n for n in {*RESERVED, *names} if re.match(start, n))
 
 
 def _link_nodes(value: Any) -> Any:
@@ -90,10 +39,11 @@ def spec_schema() -> dict[str, Any]:
     """The JSON Schema of a spec file."""
     schema = _link_nodes(SpecFile.model_json_schema())
     models = next(s for s in schema["properties"]["models"]["anyOf"] if s.get("type") == "object")
-    models["propertyNames"] = {"pattern": _NAME, "not": {"enum": _taken(RESERVED_MODEL_NAMES, _NAME)}}
+    taken = sorted(n for n in {*RESERVED, *RESERVED_MODEL_NAMES} if re.match(_NAME, n))
+    models["propertyNames"] = {"pattern": _NAME, "not": {"enum": taken}}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = _BASE + SCHEMA_FILES[0]
-    schema.setdefault("$defs", {}).update(_node_defs())
+    schema.setdefault("$defs", {}).update(schema_defs())
     return schema
 
 

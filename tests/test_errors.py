@@ -111,11 +111,11 @@ MALFORMED: dict[str, tuple[str, str, int, str, str | None]] = {
     "version-as-float": ("modelspec: 1.0\nmodel: [ReLU]\n", "unknown-version", 1, "modelspec", None),
     "yaml-boolean-key": (HEAD + "model:\n  on: ReLU\n", "bad-key", 3, "model", "quote it"),
     "module-argument": (
-        HEAD + "model:\n  - TransformerEncoder: [{TransformerEncoderLayer: [8, 2]}, 2]\n",
-        "unsupported-argument",
+        HEAD + "model:\n  - TransformerEncoder: [7, 2]\n",
+        "wrong-type",
         3,
         "model[0].TransformerEncoder[0]",
-        "cannot be written",
+        "write a layer as",
     ),
     "container-name": (
         HEAD + "model: {Sequential: [ReLU]}\n",

@@ -1,0 +1,148 @@
+"""Graphs -> ``torch.fx.GraphModule``: a generated ``forward``, nothing interpreted per call.
+
+A graph's layer nodes are built in the order they are written (so parameters are
+initialized, and ``state_dict`` keys listed, in that order, as in a handwritten
+``__init__``) and placed under their names; dotted names (``transformer.wte``) nest them
+in ``nn.ModuleDict`` containers. The ``torch.fx.Graph`` is then written node by node
+from the spec, in an order where each node follows the nodes it reads (the written
+order wherever it allows). The model is never traced: tracing drops the second name of a
+module used twice (see TIES-IN-TORCH.md), while a GraphModule built from a graph calls
+each target by the name the spec gave it.
+
+The GraphModule holds exactly the children built here (the very objects, so ``{use:
+block}`` under two names is one module), its free parameters and buffers; ``print(
+model.code)`` shows the generated forward.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from ._nodes import FreeTensor, Graph, GraphNode, Op, Ref
+from ._resolve import graph_order
+
+if TYPE_CHECKING:
+    from ._build import _Builder
+
+__all__ = ["GraphInfo", "build_graph", "place"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What a built GraphModule came from: its graph, and the spec node of each fx node."""
+
+    graph: Graph
+    nodes: dict[str, GraphNode]  # fx node name -> the spec's node it computes (ops: the last fx node)
+
+
+def place(root: nn.Module, name: str, value: nn.Module | torch.Tensor, *, buffer: bool = False,
+          persistent: bool = True) -> None:  # fmt: skip
+    """Put ``value`` at the dotted ``name`` under ``root``, creating containers on the way."""
+    *prefix, last = name.split(".")
+    owner = root
+    for part in prefix:
+        child = owner._modules.get(part)
+        if child is None:
+            child = nn.ModuleDict()
+            owner.add_module(part, child)
+        owner = child
+    if isinstance(value, nn.Module):
+        owner.add_module(last, value)
+    elif buffer:
+        owner.register_buffer(last, value, persistent=persistent)
+    else:
+        assert isinstance(value, nn.Parameter)
+        owner.register_parameter(last, value)
+
+
+def _free_tensor(t: FreeTensor) -> torch.Tensor:
+    """A free parameter or buffer, initialized as the spec says (draws are portable: see _rng)."""
+    spec = t.spec
+    dtype = _DTYPES[spec.dtype]
+    init = spec.init
+    if init == "ones":
+        value = torch.ones(spec.shape, dtype=dtype)
+    elif init == "zeros":
+        value = torch.zeros(spec.shape, dtype=dtype)
+    elif hasattr(init, "normal"):
+        value = torch.empty(spec.shape, dtype=dtype).normal_(init.normal.mean, init.normal.std)
+    else:
+        value = torch.empty(spec.shape, dtype=dtype).uniform_(init.uniform.low, init.uniform.high)
+    return nn.Parameter(value) if t.kind == "param" else value
+
+
+def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
+    """Build ``graph``'s modules and tensors, then generate its forward."""
+    root = nn.Module()
+    for t in graph.tensors:
+        place(root, t.name, _free_tensor(t), buffer=t.kind == "buffer", persistent=t.spec.persistent)
+    for node in graph.nodes:  # written order: initialization and state_dict order
+        if not isinstance(node.body, Op):
+            module = builder.node(node.body)
+            place(root, node.name, module)
+            builder.paths.setdefault(id(module), node.path)
+
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    picked: dict[str, fx.Node] = {}
+    for i in graph.inputs:
+        env[i.name] = g.placeholder(i.name)
+    for t in graph.tensors:
+        env[t.name] = g.get_attr(t.name)
+
+    def value(ref: Ref) -> Any:
+        out = env[ref.name]
+        for k in range(len(ref.index)):
+            key = f"{ref.name}{''.join(f'[{i}]' for i in ref.index[: k + 1])}"
+            if key not in picked:
+                picked[key] = g.call_function(operator.getitem, (out, ref.index[k]))
+            out = picked[key]
+        return out
+
+    sources: dict[str, GraphNode] = {}
+    order = graph_order(graph)
+    for node in order:
+        assert isinstance(node, GraphNode)  # the resolver refused cycles
+        args = tuple(value(r) for r in node.args)
+        kwargs = {k: value(r) for k, r in node.kwargs}
+        if isinstance(node.body, Op):
+            out = node.body.entry.emit(g, args, dict(node.body.values))
+        else:
+            out = g.call_module(node.name, args, kwargs)
+        out._rename(node.name.replace(".", "_"))
+        env[node.name] = out
+        sources[out.name] = node
+    if graph.many:
+        g.output(tuple(value(r) for r in graph.outputs))
+    else:
+        g.output(value(graph.outputs[0]))
+    g.lint()
+    module = fx.GraphModule(root, g, class_name="GraphModule")
+    # fx copied the targets it needs, with plain nn.Module() containers: hold exactly the
+    # objects built here instead, in the written order.
+    module._modules = OrderedDict(root._modules)
+    module._parameters = OrderedDict(root._parameters)
+    module._buffers = OrderedDict(root._buffers)
+    module._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
+    builder.graphs[id(module)] = GraphInfo(graph, sources)
+    return module
