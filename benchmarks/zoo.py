@@ -52,6 +52,10 @@ def row(name: str, ours: float, theirs: float, target: float | None) -> tuple[Ro
     return (name, f"{ours:.3f} s vs {theirs:.3f} s", f"{ratio:.2f}x", goal), ok
 
 
+def forwards(model: Callable[[torch.Tensor], object], x: torch.Tensor, n: int) -> Callable[[], object]:
+    return lambda: [model(x) for _ in range(n)]
+
+
 def gpt2_twin() -> torch.nn.Module:
     torch.manual_seed(0)
     return twins.GPT(twins.GPT2_SMALL)
@@ -90,17 +94,13 @@ def bench(repeat: int, compile_too: bool) -> tuple[list[Row], bool]:
             assert torch.allclose(built(x), hand(x), atol=1e-4), f"{name}: outputs differ"
             for _ in range(2):  # warm up both
                 built(x), hand(x)
-            ours, theirs = alternate(
-                lambda: [built(x) for _ in range(passes)], lambda: [hand(x) for _ in range(passes)], repeat * 2
-            )
+            ours, theirs = alternate(forwards(built, x, passes), forwards(hand, x, passes), repeat * 2)
         add(row(f"{name}: forward, eager ({passes} passes)", ours, theirs, 1.02))
         if compile_too:
             cb, ch = torch.compile(built), torch.compile(hand)
             with torch.no_grad():
                 cb(x), ch(x)  # compiles
-                ours, theirs = alternate(
-                    lambda: [cb(x) for _ in range(passes)], lambda: [ch(x) for _ in range(passes)], repeat * 2
-                )
+                ours, theirs = alternate(forwards(cb, x, passes), forwards(ch, x, passes), repeat * 2)
             add(row(f"{name}: forward, torch.compile ({passes} passes)", ours, theirs, 1.02))
     return rows, all_ok
 

@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from ._nodes import FreeTensor, Graph, GraphNode, Op, Ref
+from ._nodes import Call, FreeTensor, Graph, GraphNode, Op, Ref
 from ._resolve import graph_order
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     for t in graph.tensors:
         place(root, t.name, _free_tensor(t), buffer=t.kind == "buffer", persistent=t.spec.persistent)
     for node in graph.nodes:  # written order: initialization and state_dict order
-        if not isinstance(node.body, Op):
+        if not isinstance(node.body, (Op, Call)):
             module = builder.node(node.body)
             place(root, node.name, module)
             builder.paths.setdefault(id(module), node.path)
@@ -127,6 +127,8 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
         kwargs = {k: value(r) for k, r in node.kwargs}
         if isinstance(node.body, Op):
             out = node.body.entry.emit(g, args, dict(node.body.values))
+        elif isinstance(node.body, Call):
+            out = g.call_module(node.body.target, args, kwargs)
         else:
             out = g.call_module(node.name, args, kwargs)
         out._rename(node.name.replace(".", "_"))

@@ -47,6 +47,7 @@ from ._ops import OPS, OpType
 __all__ = [
     "DTYPES",
     "GRAPH_KEYS",
+    "Call",
     "Children",
     "FreeTensor",
     "Graph",
@@ -210,11 +211,23 @@ class Op:
 
 
 @dataclass(frozen=True)
+class Call:
+    """Calls the module of an earlier layer node of the same graph again, under its one
+    name: ``emb_b: {call: trunk, in: b}`` (a siamese trunk; a ReLU used twice)."""
+
+    target: str
+    path: SpecPath
+
+    def to_data(self) -> Any:
+        return {"call": self.target}
+
+
+@dataclass(frozen=True)
 class GraphNode:
     """One entry of a graph's ``nodes:``: a module (any node) or an op, and its inputs."""
 
     name: str
-    body: Node | Op
+    body: Node | Op | Call
     args: tuple[Ref, ...]
     kwargs: tuple[tuple[str, Ref], ...]
     path: SpecPath
@@ -304,7 +317,7 @@ def subnodes(node: Node) -> Iterator[Node]:
     elif isinstance(node, Layer):
         yield from (m for _, m in node.modules)
     elif isinstance(node, Graph):
-        yield from (n.body for n in node.nodes if not isinstance(n.body, Op))
+        yield from (n.body for n in node.nodes if not isinstance(n.body, (Op, Call)))
 
 
 def iter_uses(node: Node) -> Iterator[Use]:
@@ -642,7 +655,7 @@ class NodeParser:
     def graph_node(
         self, name: str, raw: Any, path: SpecPath, previous: Ref | None, inputs: list[GraphInput]
     ) -> GraphNode:
-        body: Node | Op
+        body: Node | Op | Call
         in_raw: Any = None
         explicit = False
         if isinstance(raw, dict) and "in" in raw:
@@ -653,6 +666,15 @@ class NodeParser:
         elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in OPS:
             key = next(iter(raw))
             body = self.op(key, raw[key], path, (*path, key))
+        elif isinstance(raw, dict) and "call" in raw:
+            if len(raw) > 1 or not isinstance(raw["call"], str):
+                self.errors.add(
+                    "bad-call",
+                    "'call' takes the name of a layer node of this graph and stands alone (with 'in')",
+                    (*path, "call"),
+                    hint="e.g. 'emb_b: {call: trunk, in: b}'",
+                )
+            body = Call(raw["call"] if isinstance(raw["call"], str) else "", (*path, "call"))
         elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) == "Sequential":
             items = raw["Sequential"]
             if not isinstance(items, list) or not items:
@@ -664,7 +686,7 @@ class NodeParser:
             body = Seq((), path)
         else:
             body = self.node(raw, path)
-        is_module = not isinstance(body, Op)
+        is_module = not isinstance(body, (Op, Call))
         pattern = DOTTED_NAME if is_module else NODE_NAME
         if not pattern.match(name):
             self.errors.add(
@@ -786,33 +808,34 @@ def typing_is_list(p: registry.Param) -> bool:
 # ---------------------------------------------------------------- JSON Schema
 def schema_defs() -> dict[str, Any]:
     """``$defs`` for nodes: one entry per layer type and op, and the node kinds."""
+    # One object schema lists every layer (and, in graphs, every op) as a property: editors
+    # complete the names from it, and a validator looks up only the key that is there
+    # (an anyOf of one schema per layer made validating a GPT-2 spec take a minute).
     names = registry.layer_names()
     defs: dict[str, Any] = {}
-    layer_refs = []
+    layers: dict[str, Any] = {}
     for name in names:
         entry = registry.get_layer(name)
         assert entry is not None
-        defs[f"layer.{name}"] = {
-            "type": "object",
-            "properties": {name: entry.json_schema()},
-            "required": [name],
-            "additionalProperties": False,
-        }
-        layer_refs.append({"$ref": f"#/$defs/layer.{name}"})
-    op_refs = []
+        defs[f"layer.{name}"] = entry.json_schema()
+        layers[name] = {"$ref": f"#/$defs/layer.{name}"}
+    ops: dict[str, Any] = {}
     for name, op in sorted(OPS.items()):
-        defs[f"op.{name}"] = {
-            "type": "object",
-            "properties": {name: op.json_schema(), "in": {"$ref": "#/$defs/In"}},
-            "required": [name],
-            "additionalProperties": False,
-        }
-        op_refs.append({"$ref": f"#/$defs/op.{name}"})
+        defs[f"op.{name}"] = op.json_schema()
+        ops[name] = {"$ref": f"#/$defs/op.{name}"}
+    defs["Layer"] = {
+        "type": "object",
+        "description": "a layer: its torch.nn class name, then its arguments",
+        "properties": layers,
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+    }
     defs["Node"] = {
         "description": "a layer, a list (nn.Sequential), named children, {use: block}, or a graph",
         "anyOf": [
             {"type": "string", "enum": names, "description": "a layer without arguments"},
-            *layer_refs,
+            {"$ref": "#/$defs/Layer"},
             {"$ref": "#/$defs/Use"},
             {
                 "type": "array",
@@ -849,22 +872,32 @@ def schema_defs() -> dict[str, Any]:
             {"type": "object", "additionalProperties": {"$ref": "#/$defs/Ref"}, "minProperties": 1},
         ],
     }
-    with_in = {"properties": {"in": {"$ref": "#/$defs/In"}}}
+    entry_keys = {
+        **layers,
+        **ops,
+        "use": {"type": "string", "description": "a block declared under 'blocks:': the same object"},
+        "call": {"type": "string", "description": "a layer node of this graph, called again (no second name)"},
+        "Sequential": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1,
+                       "description": "layers run in order, as a list would, but with 'in:'"},
+        "in": {"$ref": "#/$defs/In"},
+    }  # fmt: skip
     defs["GraphEntry"] = {
-        "description": "a layer or any node (a submodule of that name), an op, or one of these with 'in:'",
+        "description": "a layer or any node (a submodule of that name), an op, 'use' or 'call', each with "
+        "'in:' naming its inputs (default: the previous node)",
         "anyOf": [
             {"type": "string", "enum": [*names, *sorted(OPS)]},
-            *[{"allOf": [r], **with_in} for r in layer_refs],  # editors complete the layer and 'in'
-            *op_refs,
-            {"type": "object", "properties": {"use": {"type": "string"}, "in": {"$ref": "#/$defs/In"}},
-             "required": ["use"], "additionalProperties": False},
-            {"type": "object", "properties": {"Sequential": {"type": "array", "items": {"$ref": "#/$defs/Node"},
-             "minItems": 1}, "in": {"$ref": "#/$defs/In"}}, "required": ["Sequential"], "additionalProperties": False},
+            {
+                "type": "object",
+                "properties": entry_keys,
+                "minProperties": 1,
+                "maxProperties": 2,
+                "additionalProperties": False,
+            },
             {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1},
             {"$ref": "#/$defs/Graph"},
             {"$ref": "#/$defs/Children"},
         ],
-    }  # fmt: skip
+    }
     tensor = TensorSpec.model_json_schema(ref_template="#/$defs/{model}")
     for key, value in tensor.pop("$defs", {}).items():
         defs[key] = value

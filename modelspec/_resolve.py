@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ._errors import Collector, did_you_mean
-from ._nodes import Graph, GraphNode, Node, Op, iter_uses, subnodes
+from ._nodes import Call, Graph, GraphNode, Node, Op, iter_uses, subnodes
 from ._spec import Spec
 
 __all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve"]
@@ -80,7 +80,18 @@ def _check_graph(graph: Graph, errors: Collector) -> None:
             errors.add("duplicate-name", f"'{name}' names both {names[name][0]} and {kind}", path,
                        hint="give each input, node, param and buffer of a graph its own name")  # fmt: skip
         names.setdefault(name, (kind, path))
-    attributes = [n.name for n in graph.nodes if not isinstance(n.body, Op)] + [t.name for t in graph.tensors]
+    layers = [n.name for n in graph.nodes if not isinstance(n.body, (Op, Call))]
+    attributes = layers + [t.name for t in graph.tensors]
+    for node in graph.nodes:
+        if isinstance(node.body, Call) and node.body.target not in layers:
+            what = "an op" if node.body.target in names else "not a node"
+            errors.add(
+                "unknown-layer-node",
+                f"'call: {node.body.target}': '{node.body.target}' is {what} of this graph; "
+                "'call' runs a layer node's module again",
+                node.body.path,
+                hint=did_you_mean(node.body.target, layers) or f"layer nodes: {', '.join(layers) or 'none'}",
+            )
     for name in attributes:
         for other in attributes:
             if other.startswith(name + "."):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def test_committed_schema_is_up_to_date(name: str) -> None:
     assert committed == render_schemas()[name], f"run 'modelspec schema -o schemas' and commit {name}"
 
 
+@functools.cache  # checking the schema itself against the metaschema takes seconds
 def _validator(name: str) -> jsonschema.Draft202012Validator:
     schema = json.loads((SCHEMAS / name).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -63,12 +65,16 @@ def test_schema_accepts_every_documented_layer_form() -> None:
 
 def test_schema_offers_layer_names_and_arguments_for_completion() -> None:
     schema = json.loads((SCHEMAS / "modelspec.schema.json").read_text())
-    linear = schema["$defs"]["layer.Linear"]["properties"]["Linear"]
+    assert schema["$defs"]["Layer"]["properties"]["Linear"] == {"$ref": "#/$defs/layer.Linear"}
+    linear = schema["$defs"]["layer.Linear"]
     kwargs = linear["anyOf"][-1]
     assert set(kwargs["properties"]) == {"in_features", "out_features", "bias"}
     assert kwargs["properties"]["bias"]["default"] is True
     bare = schema["$defs"]["Node"]["anyOf"][0]
     assert "ReLU" in bare["enum"] and "LazyLinear" in bare["enum"]
+    # inside a graph's nodes: layers, ops, use/call and 'in' complete as keys of one entry
+    entry = next(a for a in schema["$defs"]["GraphEntry"]["anyOf"] if a.get("type") == "object")
+    assert {"Linear", "add", "attention", "use", "call", "Sequential", "in"} <= set(entry["properties"])
 
 
 @pytest.mark.parametrize("spec", bundled_specs(), ids=lambda p: p.name)

@@ -52,21 +52,6 @@ CASES: dict[str, Case] = {
 }
 SMALL = ["tied_autoencoder", "siamese", "unet"]
 
-#: The grammar has no way to call one graph node's module a second time under the same name: the
-#: second use of the trunk needs a second node, and every module node is placed under its own
-#: name, so the built siamese model holds the trunk as `trunk` and `trunk_b` (state_dict keys
-#: trunk_b.*, naive count 1,625), where a handwritten siamese network calls `self.trunk` twice.
-SIAMESE_ALIAS = pytest.mark.xfail(
-    strict=True, reason="a module called twice in a graph gets a second name (trunk_b.*): keys and naive count differ"
-)
-#: second names the built model gives modules that the twin calls twice under one name
-ALIASES: dict[str, dict[str, str]] = {"siamese": {"trunk_b.": "trunk."}}
-
-
-def _by_twin_keys() -> list:
-    """Every case, with the ones whose keys depend on a second name marked xfail."""
-    return [pytest.param(n, marks=SIAMESE_ALIAS) if n in ALIASES else n for n in CASES]
-
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -95,13 +80,6 @@ def _twin(name: str) -> nn.Module:
 
 def _keys_and_shapes(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-
-
-def _with_aliases(name: str, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = dict(sd)
-    for alias, target in ALIASES.get(name, {}).items():
-        out.update({alias + k[len(target) :]: v for k, v in sd.items() if k.startswith(target)})
-    return out
 
 
 def _counts(model: nn.Module) -> tuple[int, int]:
@@ -185,15 +163,14 @@ def _assert_transposed_tie_grads(tied: nn.Module, untied: UntiedAutoencoder) -> 
 def pair() -> Iterator[Callable[[str], tuple[nn.Module, nn.Module]]]:
     """name -> (twin, built model holding the twin's weights), each built once per module.
 
-    The twin's state_dict loads with strict=True (plus the built model's second names of a module
-    used twice, see ALIASES; test_state_dicts_load_strictly_both_ways holds the plain one)."""
+    The twin's state_dict loads with strict=True."""
     cache: dict[str, tuple[nn.Module, nn.Module]] = {}
 
     def get(name: str) -> tuple[nn.Module, nn.Module]:
         if name not in cache:
             twin = _twin(name)
             built = modelspec.build(ZOO / CASES[name].spec).eval()
-            built.load_state_dict(_with_aliases(name, twin.state_dict()), strict=True)
+            built.load_state_dict(twin.state_dict(), strict=True)
             cache[name] = (twin, built)
         return cache[name]
 
@@ -215,19 +192,19 @@ def meta() -> Iterator[Callable[[str], nn.Module]]:
     cache.clear()
 
 
-@pytest.mark.parametrize("name", _by_twin_keys())
+@pytest.mark.parametrize("name", list(CASES))
 def test_spec_has_the_twins_keys_in_order_and_shapes(name: str, meta: Callable[[str], nn.Module]) -> None:
     with torch.device("meta"):
         twin = CASES[name].twin()
     assert _keys_and_shapes(meta(name)) == _keys_and_shapes(twin)
 
 
-@pytest.mark.parametrize("name", _by_twin_keys())
+@pytest.mark.parametrize("name", list(CASES))
 def test_spec_has_the_published_parameter_counts(name: str, meta: Callable[[str], nn.Module]) -> None:
     assert _counts(meta(name)) == (CASES[name].unique, CASES[name].naive)
 
 
-@pytest.mark.parametrize("name", _by_twin_keys())
+@pytest.mark.parametrize("name", list(CASES))
 def test_state_dicts_load_strictly_both_ways(name: str, pair) -> None:
     twin, built = pair(name)
     built.load_state_dict(twin.state_dict(), strict=True)
