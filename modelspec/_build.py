@@ -252,11 +252,16 @@ def _materialize(
                 if name not in examples:
                     continue
                 xs = tuple(example_tensor(e, device, where) for e, where in examples[name])
-                # Fast path without lazy layers: the same pass on meta stand-ins costs no
-                # arithmetic. Any failure there is re-run for real, so a missing meta kernel
-                # or an op that bypasses the swap can never produce a false error.
-                if not lazy and device.type != "meta" and _passes_on_meta(model, xs):
-                    if all(x.is_floating_point() for x in xs) or _passes(model, tuple(x[:1] for x in xs), tracer):
+                # Fast paths without lazy layers. Floating inputs: the same pass on meta
+                # stand-ins costs no arithmetic. Token ids and masks: meta kernels do not check
+                # dtypes, so one example of the batch runs for real instead. Any failure is
+                # re-run for real on the whole example, so a missing meta kernel, an op that
+                # bypasses the swap or a size that needs the whole batch never gives a false error.
+                if not lazy and device.type != "meta":
+                    if all(x.is_floating_point() for x in xs):
+                        if _passes_on_meta(model, xs):
+                            continue
+                    elif _passes(model, tuple(x[:1] for x in xs), tracer):
                         continue
                 tracer.reset()
                 steps: list[_Step] = []
