@@ -319,8 +319,40 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
         )
     expected, info = build_module(resolved, device="meta")
     _check_same_structure(module, expected)
+    if unique_state(module)[1] != unique_state(expected)[1] or transposed_map(module) != transposed_map(expected):
+        # The same ties, but the module registers its children in another order (another name
+        # of a tied tensor comes first), or it computes a transposed tie in its own forward:
+        # write the values as the spec's model holds them.
+        module = _in_spec_order(module, expected, resolved.spec)
     _write_folder(module, info, out)
     return out
+
+
+def _in_spec_order(module: nn.Module, expected: nn.Module, spec: Spec) -> nn.Module:
+    """``expected`` (the spec's model on meta) holding ``module``'s values, dtypes and
+    ``requires_grad`` flags: its traversal order gives the canonical names."""
+    device = next(iter(module.state_dict().values()), torch.empty(0)).device
+    target = expected.to_empty(device=device)
+    retie_module(target, spec.ties, verify=False)  # to_empty breaks parameter ties
+    mine = {
+        **dict(module.named_parameters(remove_duplicate=False)),
+        **dict(module.named_buffers(remove_duplicate=False)),
+    }
+    theirs = {
+        **dict(target.named_parameters(remove_duplicate=False)),
+        **dict(target.named_buffers(remove_duplicate=False)),
+    }
+    with torch.no_grad():
+        for name, t in theirs.items():
+            src = mine.get(name)
+            if src is None:
+                continue
+            if t.dtype != src.dtype:
+                t.data = torch.empty_like(src)  # keeps the object, and so the ties
+            t.copy_(src)
+            if isinstance(t, nn.Parameter):
+                t.requires_grad_(src.requires_grad)
+    return target
 
 
 def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
@@ -342,9 +374,10 @@ def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
         problems = _same_tie_problems(module, have_ties, want_ties)
         if not problems:
             code = "shape-mismatch"
+            have_all = {**have_t, **{alias: have_t[canonical] for alias, canonical in have_ties.items()}}
             for name, t in want_t.items():
-                if tuple(have_t[name].shape) != tuple(t.shape):
-                    problems.append(f"'{name}' has shape {list(have_t[name].shape)}, the spec gives {list(t.shape)}")
+                if tuple(have_all[name].shape) != tuple(t.shape):
+                    problems.append(f"'{name}' has shape {list(have_all[name].shape)}, the spec gives {list(t.shape)}")
     if problems:
         raise TieMismatchError("the module no longer matches its spec: " + "; ".join(problems[:8]), code=code)
 
