@@ -123,18 +123,23 @@ class _Recorder(nn.Module):
     runs the real module, and swaps back. Autograd then routes this call's share of
     the gradient through the view, where a hook keeps it: the call's contribution,
     with no recomputation. Nested sites work because the inner view is taken of
-    whatever the outer call put in place.
+    whatever the outer call put in place. Each call is recorded for its tie group
+    (``group``): two groups with a site in common (a shared block whose weight another
+    module reads transposed) each get their own recorder there.
     """
 
-    def __init__(self, inner: nn.Module, site: str, holders: list[Holder], calls: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, inner: nn.Module, site: str, holders: list[Holder], calls: list[dict[str, Any]], group: int
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "inner", inner)  # not registered: the module tree stays as it was
-        self.site, self.holders, self.calls = site, holders, calls
+        self.site, self.holders, self.calls, self.group = site, holders, calls, group
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         call: dict[str, Any] = {
             "site": self.site,
-            "n": 1 + sum(c["site"] == self.site for c in self.calls),
+            "group": self.group,
+            "n": 1 + sum(c["site"] == self.site and c["group"] == self.group for c in self.calls),
             "grads": {},
         }
         self.calls.append(call)
@@ -158,12 +163,14 @@ class _Recorder(nn.Module):
 
 @contextlib.contextmanager
 def _recording(module: nn.Module, groups: list[_Group], calls: list[dict[str, Any]]) -> Iterator[None]:
-    """Install a recorder at every use site of every tie group; remove them afterwards."""
+    """Install a recorder at every use site of every tie group; remove them afterwards.
+
+    Each call is recorded in ``calls`` with the index of its group in ``groups``."""
     modules = dict(module.named_modules(remove_duplicate=False))
     canonical = {id(p): n for n, p in module.named_parameters()}
     installs: list[tuple[nn.Module, str, nn.Module]] = []
     try:
-        for group in groups:
+        for index, group in enumerate(groups):
             done: set[tuple[int, str]] = set()
             for site in _group_sites(group):
                 parent_name, _, key = site.rpartition(".")
@@ -175,7 +182,7 @@ def _recording(module: nn.Module, groups: list[_Group], calls: list[dict[str, An
                 holders = _holders(target, canonical, group.tensors)
                 original = parent._modules[key]
                 assert original is not None
-                parent._modules[key] = _Recorder(original, _site_label(parent, key, modules), holders, calls)
+                parent._modules[key] = _Recorder(original, _site_label(parent, key, modules), holders, calls, index)
                 installs.append((parent, key, original))
         yield
     finally:
@@ -281,7 +288,7 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
             if n not in home or len(g.sites) > len(tie_groups[home[n]].sites):
                 home[n] = i
     groups = [
-        _group_grads(g, [n for n in g.tensors if home[n] == i], calls, params)
+        _group_grads(g, [n for n in g.tensors if home[n] == i], [c for c in calls if c["group"] == i], params)
         for i, g in enumerate(tie_groups)
         if any(home[n] == i for n in g.tensors)
     ]
