@@ -299,7 +299,10 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
     its spec declares.
 
     Raises:
-        TieMismatchError: sharing, names or shapes no longer match the spec.
+        TieMismatchError: sharing, names or shapes no longer match the spec: ``tie-mismatch``
+            (a declared tie is broken, e.g. by ``load_state_dict(assign=True)``: see
+            :func:`retie`; or the module ties what the spec does not: the message gives the
+            ``ties:`` entry to add), ``names-mismatch``, ``shape-mismatch``.
         BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
     """
     out = Path(build_dir)
