@@ -6,7 +6,7 @@
 True
 """
 
-from ._api import build, build_info, compile_spec, diff, grads, load, report, save, validate, write_build
+from ._api import build, build_info, compile_spec, diff, grads, load, report, retie, save, validate, write_build
 from ._build import BuildInfo
 from ._errors import (
     BuildDirError,
@@ -42,6 +42,7 @@ __all__ = [
     "grads",
     "load",
     "report",
+    "retie",
     "save",
     "validate",
     "write_build",

@@ -31,6 +31,7 @@ from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._source import load_text, read_file
 from ._spec import Spec, parse
+from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
 from ._yaml_scalars import dump as dump_yaml
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "load",
     "open_target",
     "report",
+    "retie",
     "save",
     "validate",
     "write_build",
@@ -297,7 +299,10 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
     its spec declares.
 
     Raises:
-        TieMismatchError: sharing, names or shapes no longer match the spec.
+        TieMismatchError: sharing, names or shapes no longer match the spec: ``tie-mismatch``
+            (a declared tie is broken, e.g. by ``load_state_dict(assign=True)``: see
+            :func:`retie`; or the module ties what the spec does not: the message gives the
+            ``ties:`` entry to add), ``names-mismatch``, ``shape-mismatch``.
         BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
     """
     out = Path(build_dir)
@@ -317,38 +322,171 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
         )
     expected, info = build_module(resolved, device="meta")
     _check_same_structure(module, expected)
+    if unique_state(module)[1] != unique_state(expected)[1] or transposed_map(module) != transposed_map(expected):
+        # The same ties, but the module registers its children in another order (another name
+        # of a tied tensor comes first), or it computes a transposed tie in its own forward:
+        # write the values as the spec's model holds them.
+        module = _in_spec_order(module, expected, resolved.spec)
     _write_folder(module, info, out)
     return out
 
 
+def _in_spec_order(module: nn.Module, expected: nn.Module, spec: Spec) -> nn.Module:
+    """``expected`` (the spec's model on meta) holding ``module``'s values, dtypes and
+    ``requires_grad`` flags: its traversal order gives the canonical names."""
+    device = next(iter(module.state_dict().values()), torch.empty(0)).device
+    target = expected.to_empty(device=device)
+    retie_module(target, spec.ties, verify=False)  # to_empty breaks parameter ties
+    mine = {
+        **dict(module.named_parameters(remove_duplicate=False)),
+        **dict(module.named_buffers(remove_duplicate=False)),
+    }
+    theirs = {
+        **dict(target.named_parameters(remove_duplicate=False)),
+        **dict(target.named_buffers(remove_duplicate=False)),
+    }
+    with torch.no_grad():
+        for name, t in theirs.items():
+            src = mine.get(name)
+            if src is None:
+                continue
+            if t.dtype != src.dtype:
+                t.data = torch.empty_like(src)  # keeps the object, and so the ties
+            t.copy_(src)
+            if isinstance(t, nn.Parameter):
+                t.requires_grad_(src.requires_grad)
+    return target
+
+
 def _check_same_structure(module: nn.Module, expected: nn.Module) -> None:
+    """Refuse ``module`` unless it has the tensor names, ties and shapes of ``expected``
+    (the spec's model on meta). Ties are compared as groups of names, so the order in
+    which a module registers its children does not matter."""
     have_t, have_ties = unique_state(module)
     want_t, want_ties = unique_state(expected)
-    problems = []
-    if set(have_t) | set(have_ties) != set(want_t) | set(want_ties):
-        missing = sorted((set(want_t) | set(want_ties)) - (set(have_t) | set(have_ties)))
-        extra = sorted((set(have_t) | set(have_ties)) - (set(want_t) | set(want_ties)))
+    have_names, want_names = set(have_t) | set(have_ties), set(want_t) | set(want_ties)
+    problems = _transposed_problems(transposed_map(module), transposed_map(expected), have_names)
+    code = "tie-mismatch"
+    if problems:
+        pass
+    elif have_names != want_names:
+        missing, extra = sorted(want_names - have_names), sorted(have_names - want_names)
         problems.append(f"state_dict keys differ (missing {missing[:5]}, unexpected {extra[:5]})")
         code = "names-mismatch"
-    elif have_ties != want_ties:
-        code = "tie-mismatch"
-        for alias in sorted(set(have_ties) | set(want_ties)):
-            want, have = want_ties.get(alias), have_ties.get(alias)
-            if want == have:
-                continue
-            if have is None:  # the module holds its own tensor where the spec shares one
-                problems.append(f"'{alias}' should be the same tensor as '{want}' but is a separate tensor")
-            elif want is None:
-                problems.append(f"'{alias}' and '{have}' should be separate tensors but are the same tensor")
-            else:
-                problems.append(f"'{alias}' should be the same tensor as '{want}' but is the same tensor as '{have}'")
     else:
-        code = "shape-mismatch"
-        for name, t in want_t.items():
-            if tuple(have_t[name].shape) != tuple(t.shape):
-                problems.append(f"'{name}' has shape {list(have_t[name].shape)}, the spec gives {list(t.shape)}")
+        problems = _same_tie_problems(module, have_ties, want_ties)
+        if not problems:
+            code = "shape-mismatch"
+            have_all = {**have_t, **{alias: have_t[canonical] for alias, canonical in have_ties.items()}}
+            for name, t in want_t.items():
+                if tuple(have_all[name].shape) != tuple(t.shape):
+                    problems.append(f"'{name}' has shape {list(have_all[name].shape)}, the spec gives {list(t.shape)}")
     if problems:
         raise TieMismatchError("the module no longer matches its spec: " + "; ".join(problems[:8]), code=code)
+
+
+_RETIE_HINT = " (modelspec.retie(model) restores the spec's ties)"
+
+
+def _transposed_problems(have: dict[str, str], want: dict[str, str], have_names: set[str]) -> list[str]:
+    """How the module's transposed ties differ from the spec's.
+
+    A declared one that the module neither links nor holds a tensor for is accepted: the
+    module computes with the source directly (a handwritten or exported model), and
+    what is saved is exactly what the spec's model stores.
+    """
+    problems = []
+    for name, source in sorted(want.items()):
+        if name in have and have[name] != source:
+            now = "a parameter outside the model" if have[name].startswith(OUTSIDE) else f"'{have[name]}'"
+            problems.append(f"'{name}' should read '{source}' transposed but reads {now}{_RETIE_HINT}")
+        elif name not in have and name in have_names:
+            problems.append(f"'{name}' should read '{source}' transposed but is a tensor of its own{_RETIE_HINT}")
+    for name, source in sorted(have.items()):
+        if name not in want:
+            problems.append(
+                f"'{name}' reads '{source}' transposed but the spec declares no such tie: "
+                f"add '- {{param: {name}, to: {source}, transposed: true}}' under 'ties:'"
+            )
+    return problems
+
+
+def _groups(ties: dict[str, str]) -> dict[str, frozenset[str]]:
+    """name -> every name of its tensor, from an ``{alias: canonical}`` map."""
+    members: dict[str, set[str]] = {}
+    for alias, canonical in ties.items():
+        members.setdefault(canonical, {canonical}).add(alias)
+    return {n: frozenset(g) for g in members.values() for n in g}
+
+
+def _same_tie_problems(module: nn.Module, have: dict[str, str], want: dict[str, str]) -> list[str]:
+    """Names that should be one tensor and are not, and names that are one tensor but should not be."""
+    have_g, want_g = _groups(have), _groups(want)
+    problems = []
+    for alias, canonical in want.items():
+        if have_g.get(alias, {alias}) != have_g.get(canonical, {canonical}):
+            problems.append(f"'{alias}' should be the same tensor as '{canonical}' but is separate{_RETIE_HINT}")
+    for alias, canonical in have.items():
+        if want_g.get(alias, {alias}) != want_g.get(canonical, {canonical}):
+            owner, other = (module.get_submodule(n.rpartition(".")[0]) for n in (alias, canonical))
+            fix = (
+                "make that module a named block used at both places ('use:')"
+                if owner is other
+                else f"add '- {{param: {alias}, to: {canonical}}}' under 'ties:'"
+            )
+            problems.append(f"'{alias}' and '{canonical}' are the same tensor, but the spec does not tie them: {fix}")
+    return problems
+
+
+def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = True) -> nn.Module:
+    """Restore the parameter ties a spec declares on ``model``, in place.
+
+    Some PyTorch operations silently replace a tied parameter by a separate one:
+    ``to_empty(device=...)`` of a model built on ``meta``, ``load_state_dict(sd,
+    assign=True)``, reloading a ``torch.export`` program. ``retie`` makes each declared
+    tie true again (one ``nn.Parameter``; for a transposed tie the module reads its
+    source again and drops its own copy). Ties that hold are left alone.
+
+    Args:
+        model: a module built or loaded by modelspec, or any module with the spec's
+            parameter names when ``spec`` is given.
+        spec: the spec (path or YAML text) whose ``ties:`` to restore; by default the
+            one ``model`` was built from.
+        verify: restore a tie only if both tensors hold the same values (transposed:
+            one is the other transposed). ``False`` keeps the values of each tie's
+            ``to`` (right after ``to_empty``, when values are not yet meaningful).
+
+    Returns:
+        ``model``, for chaining: ``model = modelspec.retie(model.to_empty(device="cuda"), verify=False)``.
+
+    Raises:
+        TieMismatchError: ``tie-values`` (with ``verify``, the two tensors differ),
+            ``tie-shape``, ``tie-missing`` (a name is not a parameter of ``model``).
+        UsageError: ``no-spec`` (not built by modelspec and no ``spec`` given).
+        SpecError: ``spec`` is not a valid spec.
+
+    Example:
+        >>> model = modelspec.build("gpt.yaml", device="meta").to_empty(device="cpu")
+        >>> model.lm_head.weight is model.transformer.wte.weight
+        False
+        >>> model.load_state_dict(weights)  # both alias keys hold the same values
+        >>> modelspec.retie(model).lm_head.weight is model.transformer.wte.weight
+        True
+    """
+    if spec is not None:
+        ties = compile_spec(spec).spec.ties
+    else:
+        info = _INFO.get(model)
+        if info is None:
+            raise UsageError(
+                "modelspec does not know this module's spec: pass spec=... (the spec's path or text)", code="no-spec"
+            )
+        ties = info.spec.ties
+    retie_module(model, ties, verify=verify)
+    problems = check_ties(model, ties)
+    if problems:  # e.g. a module between them was replaced by one that cannot hold the tie
+        raise TieMismatchError("cannot restore the ties: " + "; ".join(problems[:8]), code="tie-mismatch")
+    return model
 
 
 def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> nn.Module:
@@ -384,15 +522,17 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
     """The model with uninitialized storage: ``skeleton`` (built on meta) given real memory.
 
     Falls back to a normal build when that cannot keep every tensor and tie (a
-    non-persistent buffer has no value in the checkpoint; ``to_empty`` would break
-    parameter-level ties).
+    non-persistent buffer has no value in the checkpoint). ``to_empty`` breaks
+    parameter-level ties: they are restored from the spec.
     """
     _, ties = unique_state(skeleton)
+    transposed = transposed_map(skeleton)
     has_volatile = any(getattr(m, "_non_persistent_buffers_set", None) for m in skeleton.modules())
     if not has_volatile:
         info = _INFO[skeleton]
         module = skeleton.to_empty(device=device)
-        if unique_state(module)[1] == ties:
+        retie_module(module, resolved.spec.ties, verify=False)  # to_empty breaks parameter ties; values come next
+        if unique_state(module)[1] == ties and transposed_map(module) == transposed:
             _INFO[module] = info
             return module
     return _build(resolved, device, None)

@@ -7,8 +7,17 @@ the metadata maps every other alias to it. No pickle is involved.
 
 What gives the bytes their meaning is bound to them. The metadata records each
 tensor's dtype and shape beside the sha256 of its bytes, and ``metadata_sha256`` is a
-digest over every other metadata field (format version, spec hash, ties, frozen
-parameters, the tensor records). Opening a checkpoint checks, before any tensor data
+digest over every other metadata field (format version, spec hash, ties, transposed
+ties, frozen parameters, the tensor records).
+
+Ties: ``ties`` maps each alias of a stored tensor to its canonical name (one tensor
+under several names: a shared block, or a parameter tie); ``transposed_ties`` maps each
+parameter that a module reads transposed from another (a tied autoencoder's
+``decoder.weight``) to the canonical name of its source. That parameter has no tensor of
+its own, so nothing extra is stored. ``transposed_ties`` is written only when the model
+has such ties, so other checkpoints are byte for byte as before, and format-2 files from
+before it load as having none. Loading compares both maps with the model rebuilt from
+the spec. Opening a checkpoint checks, before any tensor data
 is read or any memory allocated: that every field is present and well formed, the
 digest, that the safetensors header names exactly the recorded tensors with the
 recorded dtypes and shapes, and that their data lie back to back and fill the file.
@@ -42,6 +51,7 @@ import torch.nn as nn
 
 from ._errors import CheckpointError
 from ._stats import raw_bytes, sha256_of
+from ._ties import OUTSIDE, transposed_map
 from ._version import __version__
 
 __all__ = [
@@ -60,6 +70,8 @@ FORMAT = "modelspec"
 FORMAT_VERSION = "2"
 #: the metadata fields covered by ``metadata_sha256``; all are required and non-empty
 FIELDS = ("format", "format_version", "modelspec_version", "spec_sha256", "ties", "tensors", "sha256", "frozen")
+#: covered by ``metadata_sha256`` when present; absent means empty (files written before it)
+OPTIONAL_FIELDS = ("transposed_ties",)
 DIGEST = "metadata_sha256"
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -89,8 +101,10 @@ def unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def metadata_digest(meta: Mapping[str, str]) -> str:
-    """sha256 of the canonical JSON of the fields in ``FIELDS`` (all must be present)."""
+    """sha256 of the canonical JSON of the fields in ``FIELDS`` (all must be present) and
+    of those in ``OPTIONAL_FIELDS`` that are present."""
     record = {k: meta[k] for k in FIELDS}
+    record.update({k: meta[k] for k in OPTIONAL_FIELDS if k in meta})
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
@@ -112,6 +126,14 @@ def save_checkpoint(
     if not _HEX64.fullmatch(spec_sha256 or ""):
         raise CheckpointError(f"a checkpoint needs the spec's sha256, got {spec_sha256!r}", code="metadata-missing")
     tensors, ties = unique_state(module)
+    transposed = transposed_map(module)
+    outside = sorted(n for n, source in transposed.items() if source.startswith(OUTSIDE))
+    if outside:
+        raise CheckpointError(
+            f"'{outside[0]}' reads a parameter that is not in the model (its source module was replaced): "
+            "modelspec.retie(model) restores the declared tie",
+            code="tie-mismatch",
+        )
     data = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     records = {name: {"dtype": _st_dtype(name, t), "shape": list(t.shape)} for name, t in data.items()}
     digests = {name: (hashes or {}).get(name) or sha256_of(t) for name, t in data.items()}
@@ -128,6 +150,8 @@ def save_checkpoint(
             sorted(n for n, t in tensors.items() if isinstance(t, nn.Parameter) and not t.requires_grad)
         ),
     }
+    if transposed:
+        metadata["transposed_ties"] = json.dumps(transposed, sort_keys=True)
     metadata[DIGEST] = metadata_digest(metadata)
     write_safetensors(path, data, metadata)
     return metadata
@@ -171,6 +195,7 @@ class Checkpoint:
     tensors: dict[str, _Record]  # canonical name -> recorded dtype (safetensors name) and shape
     sha256: dict[str, str]
     frozen: frozenset[str]
+    transposed: dict[str, str]  # parameter read transposed -> canonical name of its source
 
     def check_spec(self, spec_sha256: str) -> None:
         """Refuse a checkpoint written for another spec (code ``spec-mismatch``)."""
@@ -186,6 +211,9 @@ class Checkpoint:
         targets, ties = unique_state(module)
         if ties != self.ties:
             raise CheckpointError(_tie_difference(self.path, ties, self.ties), code="tie-mismatch")
+        transposed = transposed_map(module)
+        if transposed != self.transposed:
+            raise CheckpointError(_transposed_difference(self.path, transposed, self.transposed), code="tie-mismatch")
         if set(targets) != set(self.tensors):
             missing = sorted(set(targets) - set(self.tensors))
             extra = sorted(set(self.tensors) - set(targets))
@@ -307,7 +335,7 @@ def _check_format(path: Path, meta: Any) -> dict[str, str]:
         if meta is None:
             raise _fail(path, "not-modelspec", "not a modelspec checkpoint (its header has no metadata)")
         raise _fail(path, "metadata-damaged", "damaged metadata: not a map of strings")
-    ours = set(meta) & {*FIELDS, DIGEST}
+    ours = set(meta) & {*FIELDS, *OPTIONAL_FIELDS, DIGEST}
     if meta.get("format") != FORMAT:
         if not meta.get("format") and ours - {"format"}:
             raise _fail(path, "metadata-missing", "the metadata field 'format' is missing or empty")
@@ -331,7 +359,7 @@ def _check_format(path: Path, meta: Any) -> dict[str, str]:
                 f"checkpoint format {version} was written by a newer modelspec; this one reads {FORMAT_VERSION}",
             )
         raise _fail(path, "metadata-damaged", f"damaged metadata 'format_version': {version!r}")
-    unknown = sorted(set(meta) - {*FIELDS, DIGEST})
+    unknown = sorted(set(meta) - {*FIELDS, *OPTIONAL_FIELDS, DIGEST})
     if unknown:
         raise _fail(path, "metadata-damaged", f"unexpected metadata field(s) {unknown[:5]}")
     return meta
@@ -369,15 +397,18 @@ def open_checkpoint(path: Path) -> Checkpoint:
     records = _json_field(path, meta, "tensors", lambda v: isinstance(v, dict) and all(map(_is_record, v.values())))
     sums = _json_field(path, meta, "sha256", lambda v: _str_map(v) and all(map(_HEX64.fullmatch, v.values())))
     frozen = _json_field(path, meta, "frozen", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    transposed = _json_field(path, meta, "transposed_ties", _str_map) if "transposed_ties" in meta else {}
     if not _HEX64.fullmatch(meta["spec_sha256"]) or not _HEX64.fullmatch(meta[DIGEST]):
         raise _fail(path, "metadata-damaged", "damaged metadata: 'spec_sha256' and 'metadata_sha256' are sha256 hex")
     if set(sums) != set(records) or not set(frozen) <= set(records) or not set(ties.values()) <= set(records):
         raise _fail(path, "metadata-damaged", "damaged metadata: 'tensors', 'sha256', 'frozen' and 'ties' disagree")
+    if not set(transposed.values()) <= set(records) or set(transposed) & (set(records) | set(ties)):
+        raise _fail(path, "metadata-damaged", "damaged metadata: 'transposed_ties' disagrees with 'tensors' and 'ties'")
     if metadata_digest(meta) != meta[DIGEST]:
         raise _fail(path, "metadata-mismatch", "the metadata was edited after it was written (its digest differs)")
     tensors = {n: _Record(r["dtype"], tuple(r["shape"])) for n, r in records.items()}
     _check_header(path, entries, tensors, data_size)
-    return Checkpoint(path, meta, ties, tensors, sums, frozenset(frozen))
+    return Checkpoint(path, meta, ties, tensors, sums, frozenset(frozen), transposed)
 
 
 def _check_header(
@@ -438,4 +469,14 @@ def _tie_difference(path: Path, model: dict[str, str], file: dict[str, str]) -> 
             have = f"shares '{model[alias]}'" if alias in model else "is its own tensor"
             want = f"shares '{file[alias]}'" if alias in file else "is its own tensor"
             lines.append(f"  '{alias}': in the model it {have}, in the file it {want}")
+    return "\n".join(lines[:12])
+
+
+def _transposed_difference(path: Path, model: dict[str, str], file: dict[str, str]) -> str:
+    lines = [f"{path}: the checkpoint's transposed ties differ from the model's"]
+    for name in sorted(set(model) | set(file)):
+        if model.get(name) != file.get(name):
+            have = f"reads '{model[name]}' transposed" if name in model else "is not read transposed"
+            want = f"reads '{file[name]}' transposed" if name in file else "is not read transposed"
+            lines.append(f"  '{name}': in the model it {have}, in the file it {want}")
     return "\n".join(lines[:12])

@@ -6,6 +6,12 @@ that, on every call, swaps the shared parameters for fresh views of themselves;
 autograd routes that call's share of the gradient through its views, where hooks
 keep it. One ordinary backward pass, no recomputation. The contributions of all
 calls must add up to ``.grad``; the report says by how much they do.
+
+Parameter ties are groups too: a parameter held by two modules (``lm_head.weight is
+transformer.wte.weight``) has one use site per holding module. A module that reads a
+parameter transposed (a tied autoencoder's decoder) is a use site of its source: its
+recorder swaps the source module's parameter for a view, which the decoder then reads
+transposed, so the decoder's share lands on the view like any other.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -25,6 +31,7 @@ from ._errors import UsageError
 from ._fmt import text_table
 from ._inventory import FrozenModel, inventory
 from ._memory import is_out_of_memory
+from ._ties import links_of, transposed_map
 
 __all__ = ["GradReport", "GroupGrads", "SiteGrad", "TensorGrad", "example_batch", "gradients", "render_grads_text"]
 
@@ -44,6 +51,7 @@ class SiteGrad(FrozenModel):
     site: str
     call: int = Field(description="1 for the first call through this site, 2 for the next, ...")
     norms: dict[str, float] = Field(description="tensor -> L2 norm of this call's contribution")
+    transposed: bool = Field(False, description="this site reads the tensor transposed (a transposed tie)")
 
 
 class GroupGrads(FrozenModel):
@@ -74,6 +82,40 @@ class GradReport(FrozenModel):
 Holder = tuple[nn.Module, str, str]  # (module holding a parameter, attribute name, canonical name)
 
 
+class _Group(NamedTuple):
+    """A tie group as the recorder needs it: the inventory's, plus transposed readers."""
+
+    kind: str
+    block: str | None
+    sites: list[str]  # module groups: module names; parameter groups: qualified parameter names
+    tensors: list[str]
+    transposed: frozenset[str] = frozenset()  # modules (of ``sites``) that read the tensor transposed
+
+
+def _tie_groups(module: nn.Module, groups: list[Any], aliases: dict[str, list[str]]) -> list[_Group]:
+    """The inventory's tie groups, with each transposed tie added to its source's parameter group.
+
+    ``aliases``: canonical parameter name -> every name of it. A parameter that another
+    module reads transposed is one group whose sites are every module holding it and
+    every module reading it.
+    """
+    out = [_Group(g.kind, g.block, list(g.sites), list(g.tensors)) for g in groups]
+    readers: dict[str, list[str]] = {}
+    for name, source in transposed_map(module).items():
+        if source in aliases:
+            readers.setdefault(source, []).append(name)
+    for source, names in readers.items():
+        owners = frozenset(n.rpartition(".")[0] for n in names)
+        for i, g in enumerate(out):
+            if g.kind != "module" and g.tensors == [source]:  # also tied as the same parameter
+                sites = g.sites + [n for n in names if n not in g.sites]
+                out[i] = g._replace(sites=sites, transposed=g.transposed | owners)
+                break
+        else:
+            out.append(_Group("parameter", None, [*aliases[source], *names], [source], owners))
+    return out
+
+
 class _Recorder(nn.Module):
     """Stands in for the module at one use site during one pass.
 
@@ -81,18 +123,23 @@ class _Recorder(nn.Module):
     runs the real module, and swaps back. Autograd then routes this call's share of
     the gradient through the view, where a hook keeps it: the call's contribution,
     with no recomputation. Nested sites work because the inner view is taken of
-    whatever the outer call put in place.
+    whatever the outer call put in place. Each call is recorded for its tie group
+    (``group``): two groups with a site in common (a shared block whose weight another
+    module reads transposed) each get their own recorder there.
     """
 
-    def __init__(self, inner: nn.Module, site: str, holders: list[Holder], calls: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, inner: nn.Module, site: str, holders: list[Holder], calls: list[dict[str, Any]], group: int
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "inner", inner)  # not registered: the module tree stays as it was
-        self.site, self.holders, self.calls = site, holders, calls
+        self.site, self.holders, self.calls, self.group = site, holders, calls, group
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         call: dict[str, Any] = {
             "site": self.site,
-            "n": 1 + sum(c["site"] == self.site for c in self.calls),
+            "group": self.group,
+            "n": 1 + sum(c["site"] == self.site and c["group"] == self.group for c in self.calls),
             "grads": {},
         }
         self.calls.append(call)
@@ -115,13 +162,15 @@ class _Recorder(nn.Module):
 
 
 @contextlib.contextmanager
-def _recording(module: nn.Module, groups: list[Any], calls: list[dict[str, Any]]) -> Iterator[None]:
-    """Install a recorder at every use site of every tie group; remove them afterwards."""
+def _recording(module: nn.Module, groups: list[_Group], calls: list[dict[str, Any]]) -> Iterator[None]:
+    """Install a recorder at every use site of every tie group; remove them afterwards.
+
+    Each call is recorded in ``calls`` with the index of its group in ``groups``."""
     modules = dict(module.named_modules(remove_duplicate=False))
     canonical = {id(p): n for n, p in module.named_parameters()}
     installs: list[tuple[nn.Module, str, nn.Module]] = []
     try:
-        for group in groups:
+        for index, group in enumerate(groups):
             done: set[tuple[int, str]] = set()
             for site in _group_sites(group):
                 parent_name, _, key = site.rpartition(".")
@@ -130,20 +179,30 @@ def _recording(module: nn.Module, groups: list[Any], calls: list[dict[str, Any]]
                     continue
                 done.add((id(parent), key))
                 target = modules[site]
-                holders = [
-                    (m, attr, canonical[id(p)])
-                    for m in target.modules()
-                    for attr, p in m._parameters.items()
-                    if p is not None and canonical.get(id(p)) in group.tensors
-                ]
+                holders = _holders(target, canonical, group.tensors)
                 original = parent._modules[key]
                 assert original is not None
-                parent._modules[key] = _Recorder(original, _site_label(parent, key, modules), holders, calls)
+                parent._modules[key] = _Recorder(original, _site_label(parent, key, modules), holders, calls, index)
                 installs.append((parent, key, original))
         yield
     finally:
         for parent, key, original in reversed(installs):
             parent._modules[key] = original
+
+
+def _holders(target: nn.Module, canonical: dict[int, str], tensors: list[str]) -> list[Holder]:
+    """Where the group's tensors are read inside ``target``: its modules' own parameters,
+    and the source modules of those that read a parameter transposed."""
+    out: list[Holder] = []
+    seen: set[tuple[int, str]] = set()
+    for m in target.modules():
+        held = [(m, attr, p) for attr, p in m._parameters.items()]
+        held += [(src, attr, src._parameters.get(attr)) for src, attr in links_of(m).values()]
+        for holder, attr, p in held:
+            if p is not None and canonical.get(id(p)) in tensors and (id(holder), attr) not in seen:
+                seen.add((id(holder), attr))
+                out.append((holder, attr, canonical[id(p)]))
+    return out
 
 
 def _site_label(parent: nn.Module, key: str, modules: dict[str, nn.Module]) -> str:
@@ -190,10 +249,11 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     if not any(p.requires_grad for p in params.values()):
         raise UsageError("the model has no trainable parameters: there is no gradient to show", code="no-gradient")
     calls: list[dict[str, Any]] = []
+    tie_groups = _tie_groups(module, structure.tie_groups, {e.name: e.aliases for e in structure.tensors})
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
     module.zero_grad(set_to_none=True)
     try:
-        with torch.random.fork_rng(devices=[]), _recording(module, structure.tie_groups, calls):
+        with torch.random.fork_rng(devices=[]), _recording(module, tie_groups, calls):
             torch.manual_seed(seed)
             described = f"the input {list(x.shape)} {str(x.dtype).removeprefix('torch.')}"
             try:
@@ -223,13 +283,13 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     # A tensor inside nested shared blocks belongs to several groups; it is checked in
     # the one with the most use sites (the innermost), whose uses account for all of it.
     home: dict[str, int] = {}
-    for i, g in enumerate(structure.tie_groups):
+    for i, g in enumerate(tie_groups):
         for n in g.tensors:
-            if n not in home or len(g.sites) > len(structure.tie_groups[home[n]].sites):
+            if n not in home or len(g.sites) > len(tie_groups[home[n]].sites):
                 home[n] = i
     groups = [
-        _group_grads(g, [n for n in g.tensors if home[n] == i], calls, params)
-        for i, g in enumerate(structure.tie_groups)
+        _group_grads(g, [n for n in g.tensors if home[n] == i], [c for c in calls if c["group"] == i], params)
+        for i, g in enumerate(tie_groups)
         if any(home[n] == i for n in g.tensors)
     ]
     tensors = [
@@ -247,14 +307,14 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     )
 
 
-def _group_sites(group: Any) -> list[str]:
+def _group_sites(group: _Group) -> list[str]:
     if group.kind == "module":
         return list(group.sites)
     return [alias.rpartition(".")[0] for alias in group.sites]  # the modules holding the parameter
 
 
 def _group_grads(
-    group: Any, tensors: list[str], calls: list[dict[str, Any]], params: dict[str, nn.Parameter]
+    group: _Group, tensors: list[str], calls: list[dict[str, Any]], params: dict[str, nn.Parameter]
 ) -> GroupGrads:
     names = [n for n in tensors if n in params]
     sites = [c for c in calls if set(c["site"].split(" = ")) & set(_group_sites(group))]
@@ -271,8 +331,8 @@ def _group_grads(
         rel[n] = err / denom if denom > 0 else (0.0 if err == 0 else math.inf)
     return GroupGrads(
         kind=group.kind, block=group.block, tensors=names,
-        sites=[SiteGrad(site=c["site"], call=c["n"], norms={n: _norm(c["grads"].get(n)) for n in names})
-               for c in sites],
+        sites=[SiteGrad(site=c["site"], call=c["n"], norms={n: _norm(c["grads"].get(n)) for n in names},
+                        transposed=bool(set(c["site"].split(" = ")) & group.transposed)) for c in sites],
         grad_norms={n: _norm(params[n].grad) for n in names},
         sum_norms={n: _norm(sums[n]) for n in names}, rel_error=rel,
     )  # fmt: skip
@@ -289,7 +349,7 @@ def render_grads_text(r: GradReport) -> str:
         for n in g.tensors:
             out.append(f"  {n}")
             for s in g.sites:
-                call = f" (call {s.call})" if s.call > 1 else ""
+                call = (" (transposed)" if s.transposed else "") + (f" (call {s.call})" if s.call > 1 else "")
                 out.append(f"    from {s.site}{call}: |contribution| {s.norms[n]:.6g}")
             rel = f"(relative difference {g.rel_error[n]:.2g})"
             out.append(f"    |sum of contributions|  {g.sum_norms[n]:.6g}")

@@ -29,9 +29,20 @@ import torch.nn as nn
 
 from ._errors import Collector, TieMismatchError, did_you_mean
 
-__all__ = ["TransposedTie", "apply_ties", "check_ties", "retie_module", "transposed_links"]
+__all__ = [
+    "OUTSIDE",
+    "TransposedTie",
+    "apply_ties",
+    "check_ties",
+    "links_of",
+    "retie_module",
+    "transposed_links",
+    "transposed_map",
+]
 
 _LINKS = "_modelspec_transposed"
+#: what :func:`transposed_map` names a source that is not (or no longer) in the module
+OUTSIDE = "<outside the model>"
 
 
 class TransposedTie:
@@ -75,6 +86,31 @@ def transposed_links(module: nn.Module) -> dict[str, tuple[str, str]]:
     return out
 
 
+def transposed_map(module: nn.Module) -> dict[str, str]:
+    """``{qualified name read transposed: canonical name of the source tensor}``.
+
+    The canonical name is the source tensor's first ``state_dict`` key (as in the
+    checkpoint's tie map), e.g. ``{"decoder.weight": "encoder.weight"}``. A link to a
+    parameter that is not in ``module`` (its module was replaced) maps to
+    ``"<outside the model>.weight"``.
+    """
+    canonical: dict[int, str] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        canonical.setdefault(id(t), name)
+    out: dict[str, str] = {}
+    for owner_name, owner in module.named_modules(remove_duplicate=False):
+        for attr, (source, source_attr) in owner.__dict__.get(_LINKS, {}).items():
+            param = source._parameters.get(source_attr)
+            out[_join(owner_name, attr)] = canonical.get(id(param), f"{OUTSIDE}.{source_attr}")
+    return out
+
+
+def links_of(module: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """``{attribute: (source module, source attribute)}`` for each attribute of ``module``
+    (not of its children) that reads another module's parameter transposed."""
+    return dict(module.__dict__.get(_LINKS, {}))
+
+
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -91,7 +127,7 @@ def _shape(t: torch.Tensor) -> list[int]:
 def _make_transposed(owner: nn.Module, attr: str, source: nn.Module, source_attr: str) -> None:
     if not isinstance(owner, TransposedTie):
         owner.__class__ = _tied_class(type(owner))
-    del owner._parameters[attr]
+    owner._parameters.pop(attr, None)
     links = owner.__dict__.setdefault(_LINKS, {})
     links[attr] = (source, source_attr)
 
@@ -177,8 +213,12 @@ def check_ties(module: nn.Module, ties: Sequence[Any]) -> list[str]:
         source = source_owner._parameters.get(source_attr)
         if tie.transposed:
             link = owner.__dict__.get(_LINKS, {}).get(attr)
-            if link is None or link[0] is not source_owner or link[1] != source_attr:
+            if owner._parameters.get(attr) is not None:
                 problems.append(f"'{tie.param}' should read '{tie.to}' transposed but has its own tensor")
+            elif link is None:
+                problems.append(f"'{tie.param}' should read '{tie.to}' transposed but does not")
+            elif link[0] is not source_owner or link[1] != source_attr:
+                problems.append(f"'{tie.param}' should read '{tie.to}' transposed but reads a tensor outside the model")
         else:
             mine = owner._parameters.get(attr)
             if mine is None or source is None or mine is not source:
@@ -206,6 +246,8 @@ def retie_module(module: nn.Module, ties: Sequence[Any], *, verify: bool = True)
             raise TieMismatchError(f"cannot retie '{tie.param}' to '{tie.to}': {e}", code="tie-missing") from e
         source = source_owner._parameters.get(source_attr)
         mine = owner._parameters.get(attr)
+        if mine is None and tie.transposed and attr in links_of(owner):
+            mine = getattr(owner, attr)  # what it reads now: a module that is no longer in the model
         if source is None or mine is None:
             raise TieMismatchError(
                 f"cannot retie '{tie.param}' to '{tie.to}': "
