@@ -115,7 +115,8 @@ def _check_tensors(report: Report, problems: _Problems) -> None:
     for i, e in enumerate(report.tensors):  # after every alias is known
         for j, name in enumerate(e.transposed_aliases):
             if name in seen:
-                problems.add(("tensors", i, "transposed_aliases", j), f"'{name}' is also a name of tensors[{seen[name]}]")
+                at = ("tensors", i, "transposed_aliases", j)
+                problems.add(at, f"'{name}' is also a name of tensors[{seen[name]}]")
             else:
                 seen[name] = i
 

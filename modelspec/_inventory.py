@@ -76,7 +76,7 @@ class TensorEntry(FrozenModel):
     aliases: list[str] = Field(description="every qualified name that reaches this tensor, canonical first")
     transposed_aliases: list[str] = Field(
         default_factory=list,
-        description="names that read this tensor with dims 0 and 1 swapped (transposed ties); not parameters themselves",
+        description="names that read this tensor with dims 0 and 1 swapped (transposed ties); not parameters",
     )
     kind: Literal["parameter", "buffer"]
     block: str | None = Field(description="the innermost named block that owns it")
@@ -384,10 +384,8 @@ def _tie_groups(module: nn.Module, entries: list[TensorEntry], info: BuildInfo |
             )
     for e in entries:  # parameters read transposed by other modules (a tied autoencoder's decoder)
         if e.transposed_aliases:
-            groups.append(
-                TieGroup(kind="transposed", block=None, sites=[e.name, *e.transposed_aliases], tensors=[e.name],
-                         numel=e.numel)  # fmt: skip
-            )
+            sites = [e.name, *e.transposed_aliases]
+            groups.append(TieGroup(kind="transposed", block=None, sites=sites, tensors=[e.name], numel=e.numel))
     return groups
 
 
