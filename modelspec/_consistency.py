@@ -342,5 +342,5 @@ def _check_flows(report: Report, modules: dict[str, int], problems: _Problems) -
             for end in ("src", "dst"):
                 if getattr(edge, end) not in kinds:
                     problems.add((*at, "edges", j, end), f"no node '{getattr(edge, end)}' in this flow")
-            if kinds.get(edge.src) == "output" or kinds.get(edge.dst) in ("input", "tensor"):
+            if kinds.get(edge.src) == "output" or kinds.get(edge.dst) in ("input", "tensor", "constant"):
                 problems.add((*at, "edges", j), f"{edge.src} -> {edge.dst} runs against the flow")

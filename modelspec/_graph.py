@@ -259,13 +259,17 @@ def _flows(
                 candidate, k = f"{base}_{k}", k + 1
             used_ids.add(candidate)
             node_id[n.name] = candidate
-            style = {"input": "io", "output": "io", "tensor": "tensor"}.get(n.kind, "op")
+            style = {"input": "io", "output": "io", "tensor": "tensor", "constant": "tensor"}.get(n.kind, "op")
             if n.kind in ("input", "output"):
                 lines = [n.name if n.kind == "input" else "output"]
-            elif n.kind == "tensor":
+            elif n.kind in ("tensor", "constant"):
                 t = tensors.get(_join(f.module, n.target))
                 shape = "×".join(map(str, t.shape)) or "scalar" if t else ""
                 lines = [n.target, f"{t.kind if t else 'tensor'} {shape}".strip()]
+            elif n.kind == "function" and n.target == "getitem":  # picking an item: qkv[0], x[:, -1]
+                index = n.args[1:-1].rstrip(",") if n.args.startswith("(") and n.args.endswith(")") else n.args
+                named = not re.fullmatch(r"getitem(_\d+)?", n.name)
+                lines = [f"{n.name}: [{index}]" if named else f"[{index}]"]
             else:
                 plain = re.fullmatch(re.escape(n.target) + r"(_\d+)?", n.name)  # 'add_1' computes add
                 lines = [n.target if plain else f"{n.name}: {n.target}"]
@@ -275,7 +279,7 @@ def _flows(
                                params=0, style=style, flow=[_printable(x) for x in lines]))  # fmt: skip
         graph_id = ids[f.module]
         for n in f.nodes:  # inputs and free tensors hang under their graph module
-            if n.kind in ("input", "tensor"):
+            if n.kind in ("input", "tensor", "constant"):
                 out[(graph_id, node_id[n.name], "")] = None
         for e in f.edges:
             src, dst = e.src, e.dst

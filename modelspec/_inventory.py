@@ -167,11 +167,12 @@ class FlowNode(FrozenModel):
     ``kind`` and ``target``: ``input`` (the input's name), ``module`` (the submodule's
     name relative to the graph module, dotted), ``function`` / ``method`` (the function
     or tensor method, e.g. ``add``, ``cat``, ``transpose``), ``tensor`` (a free parameter
-    or buffer of the graph module, relative name), ``output``.
+    or buffer of the graph module, relative name), ``constant`` (any other attribute a
+    traced graph reads, e.g. ``_tensor_constant0``), ``output``.
     """
 
     name: str = Field(description="the node's name in the generated forward (dots as underscores)")
-    kind: Literal["input", "module", "function", "method", "tensor", "output"]
+    kind: Literal["input", "module", "function", "method", "tensor", "constant", "output"]
     target: str
     args: str = Field("", description="the constant arguments, e.g. 'dim=1'; inputs are in edges")
 
@@ -418,9 +419,11 @@ def _const(value: object) -> str | None:
     return type(value).__name__
 
 
-def _flow_node(node: fx.Node) -> FlowNode:
+def _flow_node(node: fx.Node, tensors: set[str]) -> FlowNode:
     kind = {"placeholder": "input", "call_module": "module", "call_function": "function",
             "call_method": "method", "get_attr": "tensor", "output": "output"}[node.op]  # fmt: skip
+    if kind == "tensor" and node.target not in tensors:
+        kind = "constant"
     target = node.target
     if node.op == "call_function":
         name = getattr(target, "__name__", None)
@@ -440,7 +443,9 @@ def _flows(module: nn.Module) -> list[Flow]:
         seen.add(id(m))
         nodes = list(m.graph.nodes)
         edges = [FlowEdge(src=i.name, dst=n.name) for n in nodes for i in n.all_input_nodes]
-        flows.append(Flow(module=name, nodes=[_flow_node(n) for n in nodes], edges=edges))
+        tensors = {n for n, _ in m.named_parameters(remove_duplicate=False)}
+        tensors |= {n for n, _ in m.named_buffers(remove_duplicate=False)}
+        flows.append(Flow(module=name, nodes=[_flow_node(n, tensors) for n in nodes], edges=edges))
     return flows
 
 

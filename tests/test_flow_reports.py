@@ -8,6 +8,7 @@ skip edge of a residual block, and transposed ties drawn unlike same ties.
 
 from __future__ import annotations
 
+import operator
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -310,3 +311,17 @@ def test_markdown_and_html_show_the_flow_and_the_ties(tmp_path: Path) -> None:
     assert render_html(r) == page
     assert '<table id="param-ties">' in page and "<td>transposed</td>" in page
     assert 'class="ms-flow ms-io" id="ms-f_root__x"' in page and 'class="ms-tie ms-transposed"' in page
+
+
+def test_graph_reading_an_attribute_that_is_no_tensor_of_the_report() -> None:
+    """A graph may read any attribute (here a submodule): recorded as a constant; the report reads back."""
+    root = nn.Module()
+    root.fc = nn.Linear(2, 2)
+    g = fx.Graph()
+    x = g.placeholder("x")
+    fc = g.get_attr("fc")
+    g.output(g.call_function(operator.getitem, ((x, fc), 0)))
+    r = modelspec.report(fx.GraphModule(root, g))
+    assert [(n.kind, n.target) for n in r.flows[0].nodes][1] == ("constant", "fc")
+    assert modelspec._consistency.read_report(render_json(r)) == r
+    assert parse_mermaid(to_mermaid(r))[0]["f_root__fc"] == "tensor"
