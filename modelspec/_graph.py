@@ -264,7 +264,7 @@ def _flows(
                 lines = [n.name if n.kind == "input" else "output"]
             elif n.kind in ("tensor", "constant"):
                 t = tensors.get(_join(f.module, n.target))
-                shape = "×".join(map(str, t.shape)) or "scalar" if t else ""
+                shape = ("×".join(map(str, t.shape)) or "scalar") if t else ""
                 lines = [n.target, f"{t.kind if t else 'tensor'} {shape}".strip()]
             elif n.kind == "function" and n.target == "getitem":  # picking an item: qkv[0], x[:, -1]
                 index = n.args[1:-1].rstrip(",") if n.args.startswith("(") and n.args.endswith(")") else n.args
