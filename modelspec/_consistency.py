@@ -3,7 +3,8 @@
 The schema (the pydantic models of :mod:`modelspec._inventory`) checks types and ranges.
 A report can pass it and still contradict itself: a tensor listed twice, a ``numel``
 that is not the product of its shape, totals that are not the sums over the tensors, a
-tie group naming a tensor that is not there, NaN statistics. ``diff`` and ``report``
+tie group naming a tensor that is not there, a tie or a data-flow edge naming something
+that is not there, NaN statistics. ``diff`` and ``report``
 would then show numbers that mean nothing, or "no differences". :func:`read_report`
 refuses such a file with every problem found, each at its JSON path
 (``tensors[3].numel``), the way a spec's errors are reported.
@@ -61,6 +62,8 @@ def check_report(report: Report, source: str = "report") -> None:
     _check_tie_groups(report, modules, problems)
     _check_blocks(report, modules, problems)
     _check_children(report, modules, problems)
+    _check_ties(report, problems)
+    _check_flows(report, modules, problems)
     if problems.items:
         raise ReportError.of(source, "contradicts itself", problems.items)
 
@@ -94,6 +97,8 @@ def _check_tensors(report: Report, problems: _Problems) -> None:
                 problems.add((*at, "aliases", j), f"'{alias}' is also a name of tensors[{seen[alias]}]")
             else:
                 seen[alias] = i
+        if e.transposed_aliases and e.kind != "parameter":
+            problems.add((*at, "transposed_aliases"), "only a parameter can be read transposed")
         if math.prod(e.shape) != e.numel:
             problems.add((*at, "numel"), f"{e.numel} but shape {e.shape} has {math.prod(e.shape)} elements")
         itemsize = ITEMSIZE.get(e.dtype)
@@ -107,6 +112,13 @@ def _check_tensors(report: Report, problems: _Problems) -> None:
             problems.add((*at, "persistent"), "a parameter is always saved")
         if e.stats is not None:
             _check_stats(e, (*at, "stats"), problems)
+    for i, e in enumerate(report.tensors):  # after every alias is known
+        for j, name in enumerate(e.transposed_aliases):
+            if name in seen:
+                at = ("tensors", i, "transposed_aliases", j)
+                problems.add(at, f"'{name}' is also a name of tensors[{seen[name]}]")
+            else:
+                seen[name] = i
 
 
 def _check_stats(e: TensorEntry, at: tuple[PathPart, ...], problems: _Problems) -> None:
@@ -139,7 +151,7 @@ def _check_totals(report: Report, problems: _Problems) -> None:
     params = [e for e in report.tensors if e.kind == "parameter"]
     buffers = [e for e in report.tensors if e.kind == "buffer"]
     unique = sum(e.numel for e in params)
-    naive = sum(e.numel * len(e.aliases) for e in params)
+    naive = sum(e.numel * (len(e.aliases) + len(e.transposed_aliases)) for e in params)
     trainable = sum(e.numel for e in params if e.requires_grad)
     expected = {
         "unique_params": unique,
@@ -182,6 +194,9 @@ def _check_modules(report: Report, problems: _Problems) -> dict[str, int]:
         if e.kind == "parameter":
             for k in holders:
                 direct[k] += e.numel
+        for j, name in enumerate(e.transposed_aliases):  # read, not held: no count
+            if _parent(name) not in index:
+                problems.add(("tensors", i, "transposed_aliases", j), f"no module '{_parent(name)}' reads '{name}'")
     for i, m in enumerate(report.modules):
         if m.params != direct[i]:
             problems.add(("modules", i, "params"), f"{m.params:,} but its own parameters hold {direct[i]:,}")
@@ -221,11 +236,14 @@ def _check_tie_groups(report: Report, modules: dict[str, int], problems: _Proble
             expected = [e.name for e in report.tensors if _under(e, g.sites)]
             if len(found) == len(g.tensors) and sorted(g.tensors) != sorted(expected):
                 problems.add((*at, "tensors"), f"the tensors under its sites are {expected}")
-        else:
-            if len(g.tensors) != 1:
-                problems.add((*at, "tensors"), "a parameter tie names exactly one tensor")
-            elif found and sorted(g.sites) != sorted(found[0].aliases):
-                problems.add((*at, "sites"), f"the names of '{found[0].name}' are {found[0].aliases}")
+        elif len(g.tensors) != 1:
+            problems.add((*at, "tensors"), f"a {g.kind} tie names exactly one tensor")
+        elif found and g.kind == "parameter" and sorted(g.sites) != sorted(found[0].aliases):
+            problems.add((*at, "sites"), f"the names of '{found[0].name}' are {found[0].aliases}")
+        elif found and g.kind == "transposed":
+            want = [found[0].name, *found[0].transposed_aliases]
+            if g.sites != want:
+                problems.add((*at, "sites"), f"'{found[0].name}' and the names reading it transposed are {want}")
         if len(found) == len(g.tensors) and g.numel != sum(e.numel for e in found):
             problems.add((*at, "numel"), f"{g.numel:,} but its tensors hold {sum(e.numel for e in found):,}")
 
@@ -265,3 +283,64 @@ def _check_children(report: Report, modules: dict[str, int], problems: _Problems
         for key, value in want.items():
             if getattr(c, key) != value:
                 problems.add((*at, key), f"{getattr(c, key):,} but its tensors give {value:,}")
+
+
+def _check_ties(report: Report, problems: _Problems) -> None:
+    """Each tie is true of the tensors: ``same`` -> one tensor's names; ``transposed`` ->
+    ``param`` reads ``to``'s tensor transposed; every transposed reader has its group."""
+    owner = {a: e for e in report.tensors for a in e.aliases}
+    reads = {a: e for e in report.tensors for a in e.transposed_aliases}
+    params: dict[str, int] = {}
+    for i, t in enumerate(report.ties):
+        at: tuple[PathPart, ...] = ("ties", i)
+        if t.param in params:
+            problems.add((*at, "param"), f"'{t.param}' is also tied in ties[{params[t.param]}]")
+        params.setdefault(t.param, i)
+        source = owner.get(t.to)
+        if source is None:
+            problems.add((*at, "to"), f"no tensor '{t.to}' in tensors")
+        elif t.kind == "same" and owner.get(t.param) is not source:
+            problems.add((*at, "param"), f"'{t.param}' is not a name of '{source.name}'")
+        elif t.kind == "transposed" and reads.get(t.param) is not source:
+            problems.add((*at, "param"), f"'{t.param}' is not in the transposed_aliases of '{source.name}'")
+    grouped = {g.tensors[0] for g in report.tie_groups if g.kind == "transposed" and g.tensors}
+    for i, e in enumerate(report.tensors):
+        if e.transposed_aliases and e.name not in grouped:
+            problems.add(("tensors", i, "transposed_aliases"), "no tie group of kind 'transposed' lists them")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _check_flows(report: Report, modules: dict[str, int], problems: _Problems) -> None:
+    """Each flow belongs to a module, names each node once, and its edges and targets exist."""
+    tensor_names = {a for e in report.tensors for a in e.aliases}
+    seen: dict[str, int] = {}
+    for i, f in enumerate(report.flows):
+        at: tuple[PathPart, ...] = ("flows", i)
+        k = modules.get(f.module)
+        if k is None or report.modules[k].name != f.module:
+            problems.add((*at, "module"), f"no module with the canonical name '{f.module}' in modules")
+        elif f.module in seen:
+            problems.add((*at, "module"), f"module '{f.module}' also has flows[{seen[f.module]}]")
+        seen.setdefault(f.module, i)
+        names: dict[str, int] = {}
+        for j, n in enumerate(f.nodes):
+            if n.name in names:
+                problems.add((*at, "nodes", j, "name"), f"'{n.name}' is also nodes[{names[n.name]}]")
+            names.setdefault(n.name, j)
+            full = _join(f.module, n.target)
+            if n.kind == "module" and full not in modules:
+                problems.add((*at, "nodes", j, "target"), f"no module '{full}' in modules")
+            if n.kind == "tensor" and full not in tensor_names:
+                problems.add((*at, "nodes", j, "target"), f"no tensor '{full}' in tensors")
+        if sum(n.kind == "output" for n in f.nodes) != 1:
+            problems.add((*at, "nodes"), "a flow has exactly one output node")
+        kinds = {n.name: n.kind for n in f.nodes}
+        for j, edge in enumerate(f.edges):
+            for end in ("src", "dst"):
+                if getattr(edge, end) not in kinds:
+                    problems.add((*at, "edges", j, end), f"no node '{getattr(edge, end)}' in this flow")
+            if kinds.get(edge.src) == "output" or kinds.get(edge.dst) in ("input", "tensor", "constant"):
+                problems.add((*at, "edges", j), f"{edge.src} -> {edge.dst} runs against the flow")

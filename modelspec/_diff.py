@@ -3,7 +3,8 @@
 Tensors are matched by name: an entry of A and an entry of B are the same tensor when
 they share a name (canonical or alias). Entries with no name in common are added or
 removed, unless an addition and a removal have the same shape, dtype and checksum:
-that is a rename. Ties are compared as partitions of the names both sides have.
+that is a rename. Ties are compared as partitions of the names both sides have, and the
+parameter ties by the tied parameter's name (added, removed, or changed in kind or target).
 Everything is sorted, so the output is deterministic and ``diff(a, a)`` is empty.
 """
 
@@ -16,7 +17,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ._inventory import FrozenModel, Report, TensorEntry, Totals
+from ._inventory import DeclaredTie, FrozenModel, Report, TensorEntry, Totals
 
 __all__ = ["KINDS", "Diff", "diff_reports"]
 
@@ -68,6 +69,16 @@ class TieChange(FrozenModel):
     after: list[list[str]]
 
 
+class DeclaredTieChange(FrozenModel):
+    """A parameter tie that one side has and the other lacks (``added``/``removed``), or has
+    with another kind (``kind``: same <-> transposed) or another source (``target``)."""
+
+    change: Literal["added", "removed", "kind", "target"]
+    param: str
+    before: DeclaredTie | None
+    after: DeclaredTie | None
+
+
 class Diff(FrozenModel):
     """The differences between two reports, A (before) and B (after)."""
 
@@ -78,18 +89,24 @@ class Diff(FrozenModel):
     dtype: list[Change] = Field(default_factory=list)
     trainable: list[Change] = Field(default_factory=list)
     tie: list[TieChange] = Field(default_factory=list)
+    declared_ties: list[DeclaredTieChange] = Field(
+        default_factory=list, description="parameter ties added, removed or changed; counts as kind 'tie'"
+    )
     value: list[ValueChange] = Field(default_factory=list)
     totals_before: Totals
     totals_after: Totals
     structure_only: bool = False
     values_compared: bool = Field(False, description="both sides had checksums and values were compared")
 
+    def _has(self, kind: str) -> bool:
+        return bool(getattr(self, kind)) or (kind == "tie" and bool(self.declared_ties))
+
     def kinds(self) -> list[str]:
         """The kinds of difference present, in KINDS order."""
-        return [k for k in KINDS if getattr(self, k)]
+        return [k for k in KINDS if self._has(k)]
 
     def is_empty(self, kinds: Iterable[str] = KINDS) -> bool:
-        return not any(getattr(self, k) for k in kinds)
+        return not any(self._has(k) for k in kinds)
 
 
 def _ref(e: TensorEntry) -> TensorRef:
@@ -140,6 +157,20 @@ def _ties(a: list[TensorEntry], b: list[TensorEntry]) -> list[TieChange]:
         if kept and new:
             out.append(TieChange(kind="alias-added", before=[sorted(kept)], after=[sorted(e.aliases)]))
     return sorted(out, key=lambda c: (c.before, c.after, c.kind))
+
+
+def _declared(a: list[DeclaredTie], b: list[DeclaredTie]) -> list[DeclaredTieChange]:
+    """Parameter ties matched by the tied parameter's name, sorted by it."""
+    before = {t.param: t for t in a}
+    after = {t.param: t for t in b}
+    out = []
+    for param in sorted(before.keys() | after.keys()):
+        x, y = before.get(param), after.get(param)
+        if x == y:
+            continue
+        change = "added" if x is None else "removed" if y is None else "target" if x.to != y.to else "kind"
+        out.append(DeclaredTieChange(change=change, param=param, before=x, after=y))  # type: ignore[arg-type]
+    return out
 
 
 def _value_delta(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float]:
@@ -238,6 +269,7 @@ def diff_reports(
         dtype=sorted(dtype, key=by_name),
         trainable=sorted(trainable, key=by_name),
         tie=_ties(a.tensors, b.tensors),
+        declared_ties=_declared(a.ties, b.ties),
         value=sorted(value, key=by_name),
         totals_before=a.totals,
         totals_after=b.totals,
@@ -269,6 +301,11 @@ def _lines(d: Diff, code: Callable[[str], str]) -> list[str]:
     for t in d.tie:
         fmt = lambda groups: " | ".join(" = ".join(code(n) for n in g) for g in groups)  # noqa: E731
         out.append(f"~ tie       {t.kind}: {fmt(t.before)}  ->  {fmt(t.after)}")
+    for c in d.declared_ties:
+        mark = {"added": "+", "removed": "-"}.get(c.change, "~")
+        sides = [f"{code(t.param)} = {code(t.to)} ({t.kind})" if t else "none" for t in (c.before, c.after)]
+        what = sides[1] if c.change == "added" else sides[0] if c.change == "removed" else "  ->  ".join(sides)
+        out.append(f"{mark} tie       {c.change}: {what}")
     for v in d.value:
         extra = f"  rel L2 {v.rel_l2:.3g}, max abs {v.max_abs:.3g}" if v.rel_l2 is not None else ""
         out.append(f"~ value     {code(v.name)}  {v.sha256_before[:12]} -> {v.sha256_after[:12]}{extra}")

@@ -7,8 +7,19 @@ Tie groups from the report are marked: a shared module gets the ``shared`` style
 "shared ×N" tag, modules inside it get ``inshared``, and modules that hold one parameter
 between them (a tied output head) get ``tied`` plus a dashed undirected edge.
 
-Everything is derived from ``report.modules`` (names and aliases) and ``report.tensors``,
-so a ``report.json`` read back with ``Report.model_validate_json`` draws the same picture.
+A parameter read transposed by another module (a tied autoencoder) marks both modules
+``transposed`` and joins them with a dotted arrow from the source to the reader.
+
+Inside a graph module (``report.flows``) the diagram shows the data flow: the graph's
+inputs, its layers (the module nodes themselves, so a shared block is still drawn once,
+with an arrow from each call, labelled by the call's name), its ops, free tensors and
+output as small nodes, joined in the order values pass between them (skip edges and
+branches included). When ``depth`` hides a layer a graph calls, that graph is drawn
+folded, as any module.
+
+Everything is derived from ``report.modules`` (names and aliases), ``report.tensors`` and
+``report.flows``, so a ``report.json`` read back with ``Report.model_validate_json`` draws
+the same picture.
 Output is deterministic: same report, same bytes.
 
 >>> print(to_mermaid(report))            # doctest: +SKIP
@@ -40,18 +51,20 @@ class _Node:
     type: str
     block: str | None
     params: int  # parameter elements inside (subtree), each tensor counted once
-    style: str = "plain"  # root | shared | tied | inshared | plain
+    style: str = "plain"  # root | shared | tied | transposed | inshared | plain; flow nodes: op | io | tensor
     tags: list[str] = field(default_factory=list)
     hidden: int = 0  # modules folded into this one by ``depth``
     hidden_shared: int = 0  # of those, shared modules
+    flow: list[str] | None = None  # a data-flow node (op, input, output, free tensor): its label lines
 
 
 @dataclass(frozen=True)
 class _Edge:
     src: str
     dst: str
-    label: str  # the attribute path the child is used under, relative to the parent
+    label: str  # the attribute path the child is used under, relative to the parent; flow: the call
     show_label: bool
+    flow: bool = False  # a value passed in a graph module's forward (not a containment edge)
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class _Graph:
     title: str
     nodes: list[_Node]
     edges: list[_Edge]
-    ties: list[tuple[str, str, str]]  # (node id, node id, label): one parameter held by both
+    ties: list[tuple[str, str, str, bool]]  # (node id, node id, label, transposed): one parameter in both
 
 
 def _parent(name: str) -> str:
@@ -149,7 +162,7 @@ def _graph(report: Report, depth: int | None) -> _Graph:
                 nodes[owner].hidden += 1
                 nodes[owner].hidden_shared += m.name in shared_sites
 
-    ties: list[tuple[str, str, str]] = []
+    ties: list[tuple[str, str, str, bool]] = []
     for g in report.tie_groups:
         if g.kind == "module":
             site = next((canon[s] for s in g.sites if s in canon), None)
@@ -158,14 +171,19 @@ def _graph(report: Report, depth: int | None) -> _Graph:
                 node.style = "shared"
                 node.tags.append(f"shared ×{len(g.sites)}" + (f" ({g.block})" if g.block else ""))
             continue
-        # kind == "parameter": the modules holding the tensor, mapped to what is visible.
+        # "parameter" / "transposed": the modules holding (or reading) the tensor, mapped to what is visible.
         owners = list(dict.fromkeys(visible_owner(_parent(s))[1] for s in g.sites))
         leaf = g.tensors[0].rpartition(".")[2] if g.tensors else "parameter"
-        for owner in owners:
+        transposed = g.kind == "transposed"
+        for k, owner in enumerate(owners):
             if nodes[owner].style != "shared":
-                nodes[owner].style = "tied"
-            nodes[owner].tags.append(f"tied: {leaf} ×{len(g.sites)}")
-        ties += [(ids[owners[0]], ids[other], f"tied {leaf}") for other in owners[1:]]
+                nodes[owner].style = "transposed" if transposed else "tied"
+            if not transposed:
+                nodes[owner].tags.append(f"tied: {leaf} ×{len(g.sites)}")
+            else:
+                nodes[owner].tags.append(f"tied: {leaf}, read transposed" if k == 0 else f"tied: reads {leaf}ᵀ")
+        label = f"{leaf}ᵀ" if transposed else f"tied {leaf}"
+        ties += [(ids[owners[0]], ids[other], label, transposed) for other in owners[1:]]
 
     edges: dict[tuple[str, str, str], None] = {}  # an ordered set
     for m in mods:
@@ -179,15 +197,105 @@ def _graph(report: Report, depth: int | None) -> _Graph:
             src_alias, src = visible_owner(_parent(alias))
             label = alias[len(src_alias) + 1 :] if src_alias else alias
             edges[(src, m.name, label)] = None
+    flow_nodes, flow_edges, replaced = _flows(report, canon, ids, nodes)
+    for key in replaced:  # containment edges a drawn data flow replaces
+        edges.pop(key, None)
     incoming = Counter(dst for _, dst, _ in edges)
     edge_list = [
         _Edge(ids[s], ids[d], label, incoming[d] > 1 or label != d.rpartition(".")[2]) for s, d, label in edges
     ]
-    return _Graph(report.name or "model", list(nodes.values()), edge_list, ties)
+    reached = {d for _, d, _ in edges}
+    in_flow = {e.src for e in flow_edges} | {e.dst for e in flow_edges}
+    hidden_ns = {n for _, n, _ in replaced if n not in reached and ids[n] not in in_flow}
+    node_list = [n for n in nodes.values() if n.name not in hidden_ns]
+    keep = {n.id for n in node_list} | {n.id for n in flow_nodes}
+    edge_list = [e for e in edge_list if e.src in keep and e.dst in keep] + flow_edges
+    return _Graph(report.name or "model", node_list + flow_nodes, edge_list, ties)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _flows(
+    report: Report, canon: dict[str, str], ids: dict[str, str], nodes: dict[str, _Node]
+) -> tuple[list[_Node], list[_Edge], set[tuple[str, str, str]]]:
+    """The drawn data flow of every visible graph module whose layers are all visible.
+
+    Returns the small nodes (inputs, ops, free tensors, output), the flow edges, and the
+    containment edges ``(parent, child, label)`` they replace: the graph module's edges to
+    the layers it calls, and those through the containers that dotted names create
+    (``transformer`` for ``transformer.wte``), which are not drawn when nothing else
+    reaches them.
+    """
+    tensors = {a: t for t in report.tensors for a in t.aliases}
+    used_ids = set(ids.values())
+    small: list[_Node] = []
+    out: dict[tuple[str, str, str], None] = {}  # (src id, dst id, label): an ordered set
+    replaced: set[tuple[str, str, str]] = set()
+    for f in report.flows:
+        if f.module not in nodes:
+            continue
+        calls = {n.name: canon.get(_join(f.module, n.target)) for n in f.nodes if n.kind == "module"}
+        if any(c is None or c not in nodes for c in calls.values()):
+            continue  # a layer is folded away: draw the graph module folded too
+        called = Counter(calls.values())
+        node_id: dict[str, str] = {}
+        for n in f.nodes:
+            if n.kind == "module":
+                node_id[n.name] = ids[calls[n.name]]  # type: ignore[index]
+                path = _join(f.module, n.target)
+                while path != f.module:  # the containment edges from the graph module down to the layer
+                    parent = _parent(path)
+                    rel = path[len(parent) + 1 :] if parent else path
+                    child = canon.get(path)
+                    if child is not None:
+                        replaced.add((canon.get(parent, f.module), child, rel))
+                    path = parent
+                continue
+            base = "f_" + ids[f.module].removeprefix("m_") + "__" + re.sub(r"\W", "_", n.name, flags=re.ASCII)
+            candidate, k = base, 2
+            while candidate in used_ids:
+                candidate, k = f"{base}_{k}", k + 1
+            used_ids.add(candidate)
+            node_id[n.name] = candidate
+            style = {"input": "io", "output": "io", "tensor": "tensor", "constant": "tensor"}.get(n.kind, "op")
+            if n.kind in ("input", "output"):
+                lines = [n.name if n.kind == "input" else "output"]
+            elif n.kind in ("tensor", "constant"):
+                t = tensors.get(_join(f.module, n.target))
+                shape = ("×".join(map(str, t.shape)) or "scalar") if t else ""
+                lines = [n.target, f"{t.kind if t else 'tensor'} {shape}".strip()]
+            elif n.kind == "function" and n.target == "getitem":  # picking an item: qkv[0], x[:, -1]
+                index = n.args[1:-1].rstrip(",") if n.args.startswith("(") and n.args.endswith(")") else n.args
+                named = not re.fullmatch(r"getitem(_\d+)?", n.name)
+                lines = [f"{n.name}: [{index}]" if named else f"[{index}]"]
+            else:
+                plain = re.fullmatch(re.escape(n.target) + r"(_\d+)?", n.name)  # 'add_1' computes add
+                lines = [n.target if plain else f"{n.name}: {n.target}"]
+                if n.args:
+                    lines.append(n.args if len(n.args) <= 40 else n.args[:39] + "…")
+            small.append(_Node(id=candidate, name=f"{f.module}:{n.name}", aliases=[], type=n.kind, block=None,
+                               params=0, style=style, flow=[_printable(x) for x in lines]))  # fmt: skip
+        graph_id = ids[f.module]
+        for n in f.nodes:  # inputs and free tensors hang under their graph module
+            if n.kind in ("input", "tensor", "constant"):
+                out[(graph_id, node_id[n.name], "")] = None
+        for e in f.edges:
+            src, dst = e.src, e.dst
+            label = ""
+            for end in (src, dst):  # a layer called at several nodes: name the call
+                if end in calls and called[calls[end]] > 1:
+                    label = end
+            out[(node_id[src], node_id[dst], label)] = None
+    edges = [_Edge(a, b, label, bool(label), flow=True) for a, b, label in out]
+    return small, edges, replaced
 
 
 def _lines(node: _Node, title: str) -> list[str]:
-    """Label lines: name, type and parameter count, then tags (shared, tied, folded)."""
+    """Label lines: name, type and parameter count, then tags (shared, tied, folded); a flow node's own."""
+    if node.flow is not None:
+        return node.flow
     name = title if node.name == "" else node.name.rpartition(".")[2]
     lines = [name, f"{node.type} · {_fmt_params(node.params)}", *node.tags]
     if node.hidden:
@@ -202,9 +310,16 @@ _PALETTE = {
     "shared": ("#ffe8cc", "#d9480f", 3.0, False),
     "inshared": ("#fff4e6", "#f08c00", 1.2, False),
     "tied": ("#f3f0ff", "#7048e8", 2.0, True),
+    "transposed": ("#e6fcf5", "#0ca678", 2.0, True),
     "plain": ("#f8f9fa", "#495057", 1.2, False),
+    # data-flow nodes: ops, inputs/outputs, free tensors
+    "op": ("#fff9db", "#e67700", 1.0, False),
+    "io": ("#ffffff", "#495057", 1.0, False),
+    "tensor": ("#ebfbee", "#2b8a3e", 1.0, False),
 }
 _TIE_COLOUR = "#7048e8"
+_TRANSPOSED_COLOUR = "#0ca678"
+_FLOW_COLOUR = "#1971c2"
 
 
 # ------------------------------------------------------------------ Mermaid
@@ -227,10 +342,17 @@ def to_mermaid(report: Report, depth: int | None = None) -> str:
     """
     g = _graph(report, depth)
     out = ["flowchart TD", f"  %% {MARKER}"]  # a comment: how modelspec recognises its own file
-    out += [f'  {n.id}["{"<br/>".join(_mermaid_text(x) for x in _lines(n, g.title))}"]' for n in g.nodes]
+    shapes = {"op": ('(["', '"])'), "io": ('[/"', '"/]'), "tensor": ('[("', '")]')}  # small data-flow nodes
+    for n in g.nodes:
+        left, right = shapes.get(n.style, ('["', '"]')) if n.flow is not None else ('["', '"]')
+        out.append(f"  {n.id}{left}{'<br/>'.join(_mermaid_text(x) for x in _lines(n, g.title))}{right}")
     for e in g.edges:
         out.append(f'  {e.src} -->|"{_mermaid_text(e.label)}"| {e.dst}' if e.show_label else f"  {e.src} --> {e.dst}")
-    out += [f'  {a} -.-|"{_mermaid_text(label)}"| {b}' for a, b, label in g.ties]
+    # a same tie is an undirected dashed link; a transposed one a dotted arrow from the source to the reader
+    out += [f'  {a} {"-.->" if t else "-.-"}|"{_mermaid_text(label)}"| {b}' for a, b, label, t in g.ties]
+    for k, (_, _, _, t) in enumerate(g.ties):
+        if t:
+            out.append(f"  linkStyle {len(g.edges) + k} stroke:{_TRANSPOSED_COLOUR},stroke-width:2px;")
     for style, (fill, stroke, width, dashed) in _PALETTE.items():
         members = [n.id for n in g.nodes if n.style == style]
         if members:
@@ -261,16 +383,26 @@ def to_dot(report: Report, depth: int | None = None) -> str:
         '  node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=10];',
         '  edge [color="#495057", fontname=Helvetica, fontsize=9];',
     ]
+    shapes = {"op": "ellipse", "io": "parallelogram", "tensor": "cylinder"}
     for n in g.nodes:
         # DOT's own "\n" escape separates label lines; user text has its backslashes doubled.
         label = "\\n".join(x.replace("\\", "\\\\").replace('"', '\\"') for x in _lines(n, g.title))
         fill, stroke, width, dashed = _PALETTE[n.style]
         style = ', style="rounded,filled,dashed"' if dashed else ""
+        if n.flow is not None:  # a small data-flow node
+            style = f', shape={shapes.get(n.style, "box")}, style=filled, fontsize=8, margin="0.06,0.02"'
         out.append(f'  {n.id} [label="{label}", fillcolor="{fill}", color="{stroke}", penwidth={width:g}{style}];')
     for e in g.edges:
-        out.append(f"  {e.src} -> {e.dst}" + (f" [label={_dot_str(_printable(e.label))}];" if e.show_label else ";"))
-    for a, b, label in g.ties:
+        attrs = [f"label={_dot_str(_printable(e.label))}"] * e.show_label + [f'color="{_FLOW_COLOUR}"'] * e.flow
+        out.append(f"  {e.src} -> {e.dst}" + (f" [{', '.join(attrs)}];" if attrs else ";"))
+    for a, b, label, transposed in g.ties:
         # constraint=false: a tie must not pull the tied modules onto different ranks.
+        if transposed:
+            out.append(
+                f"  {a} -> {b} [label={_dot_str(label)}, style=dotted, penwidth=2, constraint=false, "
+                f'color="{_TRANSPOSED_COLOUR}", fontcolor="{_TRANSPOSED_COLOUR}"];'
+            )
+            continue
         out.append(
             f"  {a} -> {b} [label={_dot_str(label)}, style=dashed, dir=none, constraint=false, "
             f'color="{_TIE_COLOUR}", fontcolor="{_TIE_COLOUR}"];'
@@ -281,10 +413,10 @@ def to_dot(report: Report, depth: int | None = None) -> str:
 
 # ------------------------------------------------------------------ SVG
 _CHAR_W, _LINE_H, _PAD, _H_GAP, _V_GAP, _MARGIN = 6.6, 14.0, 8.0, 16.0, 56.0, 20.0
+_SMALL_CHAR_W, _SMALL_LINE_H = 6.0, 12.0  # data-flow nodes: 10px text
 _SVG_CSS = "".join(
-    f".ms-node.ms-{style} rect {{ fill: {fill}; stroke: {stroke}; stroke-width: {width:g};"
-    + (" stroke-dasharray: 5 3;" if dashed else "")
-    + " }\n"
+    f".ms-{'flow' if style in ('op', 'io', 'tensor') else 'node'}.ms-{style} rect {{ fill: {fill}; stroke: {stroke};"
+    f" stroke-width: {width:g};" + (" stroke-dasharray: 5 3;" if dashed else "") + " }\n"
     for style, (fill, stroke, width, dashed) in _PALETTE.items()
 ) + (
     ".ms-node text { font: 11px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fill: #212529; }\n"
@@ -294,6 +426,10 @@ _SVG_CSS = "".join(
     ".ms-edge text, .ms-tie text { font: 10px ui-monospace, Menlo, Consolas, monospace; fill: #495057;"
     " paint-order: stroke; stroke: #ffffff; stroke-width: 3px; text-anchor: middle; }\n"
     f".ms-tie text {{ fill: {_TIE_COLOUR}; }}\n"
+    ".ms-flow text { font: 10px ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; fill: #212529; }\n"
+    f".ms-edge.ms-dataflow path {{ stroke: {_FLOW_COLOUR}; }}\n"
+    f".ms-tie.ms-transposed path {{ stroke: {_TRANSPOSED_COLOUR}; stroke-width: 2; stroke-dasharray: 2 3; }}\n"
+    f".ms-tie.ms-transposed text {{ fill: {_TRANSPOSED_COLOUR}; }}\n"
 )
 
 
@@ -312,6 +448,9 @@ def _layout(g: _Graph) -> tuple[dict[str, tuple[float, float, float, float]], fl
     size = {}
     for n in g.nodes:
         lines = _lines(n, g.title)
+        if n.flow is not None:  # a small data-flow node
+            size[n.id] = (max(30.0, max(len(x) for x in lines) * _SMALL_CHAR_W + _PAD), len(lines) * _SMALL_LINE_H + 6)
+            continue
         size[n.id] = (max(60.0, max(len(x) for x in lines) * _CHAR_W + 2 * _PAD), len(lines) * _LINE_H + _PAD)
     order = [n.id for n in g.nodes]
     parents: dict[str, list[str]] = {i: [] for i in order}
@@ -414,13 +553,20 @@ def to_svg(report: Report, depth: int | None = None) -> str:
         k = pair_seen[(e.src, e.dst)]
         pair_seen[(e.src, e.dst)] += 1
         shift = (k - (pair_count[(e.src, e.dst)] - 1) / 2) * 24.0
-        (px, py, _, ph), (cx, cy, _, _) = boxes[e.src], boxes[e.dst]
+        (px, py, pw, ph), (cx, cy, _, _) = boxes[e.src], boxes[e.dst]
         x0, y0, x1, y1 = px + shift, py + ph, cx + shift, cy
         ym = (y0 + y1) / 2
+        if e.src == e.dst:  # a layer called on its own output: a loop on its right side
+            xr = px + pw / 2
+            path = f"M{_f(xr)},{_f(py + ph * 0.7)} C{_f(xr + 30)},{_f(py + ph + 10)} {_f(xr + 30)},{_f(py - 10)} "
+            path += f"{_f(xr)},{_f(py + ph * 0.3)}"
+            x0, x1, ym = xr + 30, xr + 30, py + ph / 2
+        else:
+            path = f"M{_f(x0)},{_f(y0)} C{_f(x0)},{_f(ym)} {_f(x1)},{_f(ym)} {_f(x1)},{_f(y1)}"
+        cls = "ms-edge ms-dataflow" if e.flow else "ms-edge"
         out.append(
-            f'<g class="ms-edge" data-from="{e.src}" data-to="{e.dst}" data-label="{esc(_printable(e.label))}">'
-            f'<path d="M{_f(x0)},{_f(y0)} C{_f(x0)},{_f(ym)} {_f(x1)},{_f(ym)} {_f(x1)},{_f(y1)}" '
-            'marker-end="url(#ms-arrow)"/>'
+            f'<g class="{cls}" data-from="{e.src}" data-to="{e.dst}" data-label="{esc(_printable(e.label))}">'
+            f'<path d="{path}" marker-end="url(#ms-arrow)"/>'
             + (
                 f'<text x="{_f((x0 + x1) / 2)}" y="{_f(ym + 3)}">{esc(_printable(e.label))}</text>'
                 if e.show_label
@@ -428,18 +574,31 @@ def to_svg(report: Report, depth: int | None = None) -> str:
             )
             + "</g>"
         )
-    for a, b, label in g.ties:
+    for a, b, label, transposed in g.ties:
         (ax, ay, _, ah), (bx, by, _, bh) = boxes[a], boxes[b]
         y0, y1 = ay + ah, by + bh
         yc = max(y0, y1) + 36.0  # the curve dips under both modules
         out.append(
-            f'<g class="ms-tie" data-from="{a}" data-to="{b}">'
-            f'<path d="M{_f(ax)},{_f(y0)} Q{_f((ax + bx) / 2)},{_f(yc)} {_f(bx)},{_f(y1)}"/>'
-            f'<text x="{_f((ax + bx) / 2)}" y="{_f((max(y0, y1) + yc) / 2 + 6)}">{esc(label)}</text></g>'
+            f'<g class="ms-tie{" ms-transposed" if transposed else ""}" data-from="{a}" data-to="{b}">'
+            f'<path d="M{_f(ax)},{_f(y0)} Q{_f((ax + bx) / 2)},{_f(yc)} {_f(bx)},{_f(y1)}"'
+            + (' marker-end="url(#ms-arrow)"/>' if transposed else "/>")
+            + f'<text x="{_f((ax + bx) / 2)}" y="{_f((max(y0, y1) + yc) / 2 + 6)}">{esc(label)}</text></g>'
         )
     for n in g.nodes:
         x, y, nw, nh = boxes[n.id]
         lines = _lines(n, g.title)
+        if n.flow is not None:  # a small data-flow node: not a module, so not clickable
+            rx = nh / 2 if n.style == "op" else 2
+            out.append(
+                f'<g class="ms-flow ms-{n.style}" id="ms-{n.id}" data-name="{esc(_printable(n.name))}">'
+                f'<rect x="{_f(x - nw / 2)}" y="{_f(y)}" width="{_f(nw)}" height="{_f(nh)}" rx="{_f(rx)}"/>'
+                + "".join(
+                    f'<text x="{_f(x - nw / 2 + _PAD / 2)}" y="{_f(y + _SMALL_LINE_H * (j + 1))}">{esc(t)}</text>'
+                    for j, t in enumerate(lines)
+                )
+                + "</g>"
+            )
+            continue
         tip = ["(root)" if a == "" else _printable(a) for a in n.aliases] + [f"block: {n.block}"] * bool(n.block)
         out.append(
             f'<g class="ms-node ms-{n.style}" id="ms-{n.id}" data-name="{esc(_printable(n.name))}" '

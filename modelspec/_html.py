@@ -8,7 +8,8 @@ reads the table it enhances), so nothing from the report ever reaches JavaScript
 
 Stable element ids for tools and tests: ``diagram``, ``inventory`` (one row per unique
 tensor; the script marks it ``data-ready="1"`` and keeps ``data-rows``/``data-shown``
-current), ``filter`` (the text box), ``ties`` (the tie groups) and ``blocks``.
+current), ``filter`` (the text box), ``param-ties`` (the parameter ties, when there are
+any), ``ties`` (the tie groups) and ``blocks``.
 """
 
 from __future__ import annotations
@@ -174,12 +175,14 @@ def _stat(value: float | None) -> str:
 def _row(e: TensorEntry) -> str:
     s = e.stats
     others = "".join(f'<code class="alias">{escape(a)}</code>' for a in e.aliases[1:])
-    search = " ".join([*e.aliases, e.kind, e.block or "", e.dtype]).lower()
+    others += "".join(f'<code class="alias">{escape(a)} (transposed)</code>' for a in e.transposed_aliases)
+    search = " ".join([*e.aliases, *e.transposed_aliases, e.kind, e.block or "", e.dtype]).lower()
     shape = "×".join(map(str, e.shape)) or "scalar"
-    aliases = escape("\n".join(e.aliases)).replace("\n", "&#10;")  # one a line, for the diagram's scope
+    # one a line, for the diagram's scope: a module reading a tensor transposed lists it too
+    aliases = escape("\n".join([*e.aliases, *e.transposed_aliases])).replace("\n", "&#10;")
     cells = [
         _td(f"<code>{escape(e.name)}</code>", sort=e.name),
-        _td(others, sort=str(len(e.aliases) - 1)),
+        _td(others, sort=str(len(e.aliases) + len(e.transposed_aliases) - 1)),
         _td(escape(e.kind)),
         _td(escape(e.block or "")),
         _td(escape(shape), sort=f"{len(e.shape):02d}:{shape}"),
@@ -256,6 +259,13 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
         )
     else:
         ties = '<p id="ties">No tensor is shared.</p>'
+    param_ties = []
+    if report.ties:
+        param_ties = [
+            "<h2>Parameter ties</h2>",
+            _table("param-ties", ["parameter", "is", "kind"],
+                   [[_codes([t.param]), _codes([t.to]), escape(t.kind)] for t in report.ties]),
+        ]  # fmt: skip
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -275,6 +285,8 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
         "<h2>Architecture</h2>",
         '<p class="hint">Each module is drawn once; a shared module has an arrow from every module that uses it. '
         "Orange: shared module (lighter: inside one). Purple, dashed: holds a tied parameter. "
+        "Green, dotted arrow: reads a parameter transposed. Inside a graph module, blue arrows show the data flow "
+        "from its inputs through its layers, ops (rounded) and free tensors (green) to its output. "
         "Click a module to list its tensors.</p>",
         f'<div id="diagram">{to_svg(report, depth)}</div>',
         "<h2>Tensors</h2>",
@@ -285,6 +297,7 @@ def render_html(report: Report, *, depth: int | None = None) -> str:
         f'<div class="wrap"><table id="inventory"><thead><tr>{heads}</tr></thead><tbody>',
         *(_row(e) for e in report.tensors),
         "</tbody></table></div>",
+        *param_ties,
         "<h2>Tie groups</h2>",
         ties,
     ]

@@ -15,17 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Literal
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._build import BuildInfo
 from ._stats import sha256_of, summarize
+from ._ties import transposed_links
 from ._version import __version__
 
 __all__ = [
     "REPORT_VERSION",
     "BlockSummary",
     "ChildSummary",
+    "DeclaredTie",
+    "Flow",
+    "FlowEdge",
+    "FlowNode",
     "ModuleEntry",
     "Report",
     "TensorEntry",
@@ -68,6 +74,10 @@ class TensorEntry(FrozenModel):
 
     name: str = Field(description="canonical name: the first in PyTorch's traversal order")
     aliases: list[str] = Field(description="every qualified name that reaches this tensor, canonical first")
+    transposed_aliases: list[str] = Field(
+        default_factory=list,
+        description="names that read this tensor with dims 0 and 1 swapped (transposed ties); not parameters",
+    )
     kind: Literal["parameter", "buffer"]
     block: str | None = Field(description="the innermost named block that owns it")
     shape: list[Count]
@@ -84,10 +94,12 @@ class TieGroup(FrozenModel):
     """Tensors that are one object under several names.
 
     ``kind="module"``: one module placed at several ``sites`` (a named block);
-    ``kind="parameter"``: one parameter held by several different modules.
+    ``kind="parameter"``: one parameter held by several different modules (``sites`` are its names);
+    ``kind="transposed"``: one parameter read transposed elsewhere (``sites``: its canonical
+    name, then every name that reads it transposed).
     """
 
-    kind: Literal["module", "parameter"]
+    kind: Literal["module", "parameter", "transposed"]
     block: str | None
     sites: list[str]
     tensors: list[str] = Field(description="canonical names of the tied tensors")
@@ -141,6 +153,46 @@ class ChildSummary(FrozenModel):
     shared_params: Total = Field(description="of those, elements also reachable from another top-level child")
 
 
+class DeclaredTie(FrozenModel):
+    """A parameter tie: ``param`` is ``to`` (``same``) or reads it transposed (``transposed``)."""
+
+    param: str
+    to: str
+    kind: Literal["same", "transposed"]
+
+
+class FlowNode(FrozenModel):
+    """One node of a data-flow graph (a ``torch.fx`` node).
+
+    ``kind`` and ``target``: ``input`` (the input's name), ``module`` (the submodule's
+    name relative to the graph module, dotted), ``function`` / ``method`` (the function
+    or tensor method, e.g. ``add``, ``cat``, ``transpose``), ``tensor`` (a free parameter
+    or buffer of the graph module, relative name), ``constant`` (any other attribute a
+    traced graph reads, e.g. ``_tensor_constant0``), ``output``.
+    """
+
+    name: str = Field(description="the node's name in the generated forward (dots as underscores)")
+    kind: Literal["input", "module", "function", "method", "tensor", "constant", "output"]
+    target: str
+    args: str = Field("", description="the constant arguments, e.g. 'dim=1'; inputs are in edges")
+
+
+class FlowEdge(FrozenModel):
+    """The value of node ``src`` is read by node ``dst``."""
+
+    src: str
+    dst: str
+
+
+class Flow(FrozenModel):
+    """The data flow of one graph module (a ``torch.fx.GraphModule``), listed once however
+    many names reach it; nodes in the order the generated forward runs them."""
+
+    module: str = Field(description="canonical name of the graph module ('' for the root)")
+    nodes: list[FlowNode]
+    edges: list[FlowEdge]
+
+
 class Report(FrozenModel):
     """The parameter inventory of a model (``report.json``)."""
 
@@ -156,6 +208,10 @@ class Report(FrozenModel):
     blocks: list[BlockSummary]
     children: list[ChildSummary]
     modules: list[ModuleEntry]
+    ties: list[DeclaredTie] = Field(
+        default_factory=list, description="parameter ties: declared in the spec, or found in the module"
+    )
+    flows: list[Flow] = Field(default_factory=list, description="the data flow of every graph module")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -229,12 +285,17 @@ def inventory(
             if progress is not None:
                 progress(total, total)
 
+    links = transposed_links(module)
+    readers: dict[str, list[str]] = {}  # a source's name -> the names that read it transposed
+    for reader, (source, _) in links.items():
+        readers.setdefault(source, []).append(reader)
     entries = []
     for (t, names, kind), digest, st in zip(everything, hashes, stats, strict=True):
         entries.append(
             TensorEntry(
                 name=names[0],
                 aliases=names,
+                transposed_aliases=[r for a in names for r in readers.get(a, [])] if kind == "parameter" else [],
                 kind=kind,  # type: ignore[arg-type]
                 block=_owner(info, names[0]),
                 shape=list(t.shape),
@@ -250,7 +311,7 @@ def inventory(
     p_entries = [e for e in entries if e.kind == "parameter"]
     b_entries = [e for e in entries if e.kind == "buffer"]
     unique = sum(e.numel for e in p_entries)
-    naive = sum(e.numel * len(e.aliases) for e in p_entries)
+    naive = sum(e.numel * (len(e.aliases) + len(e.transposed_aliases)) for e in p_entries)
     trainable = sum(e.numel for e in p_entries if e.requires_grad)
     totals = Totals(
         unique_params=unique,
@@ -276,6 +337,8 @@ def inventory(
         blocks=_blocks(entries, info),
         children=_children(module, entries),
         modules=_modules(module, info),
+        ties=_declared_ties(info, links),
+        flows=_flows(module),
     )
 
 
@@ -320,7 +383,70 @@ def _tie_groups(module: nn.Module, entries: list[TensorEntry], info: BuildInfo |
             groups.append(
                 TieGroup(kind="parameter", block=None, sites=list(e.aliases), tensors=[e.name], numel=e.numel)
             )
+    for e in entries:  # parameters read transposed by other modules (a tied autoencoder's decoder)
+        if e.transposed_aliases:
+            sites = [e.name, *e.transposed_aliases]
+            groups.append(TieGroup(kind="transposed", block=None, sites=sites, tensors=[e.name], numel=e.numel))
     return groups
+
+
+def _declared_ties(info: BuildInfo | None, links: dict[str, tuple[str, str]]) -> list[DeclaredTie]:
+    """The spec's ties in the spec's order; for a module modelspec did not build, its transposed ties."""
+    if info is not None and info.spec.ties:
+        return [DeclaredTie(param=t.param, to=t.to, kind=t.kind) for t in info.spec.ties]  # type: ignore[arg-type]
+    return [DeclaredTie(param=reader, to=source, kind="transposed") for reader, (source, _) in links.items()]
+
+
+def _const(value: object) -> str | None:
+    """A constant argument of an fx node as short, machine-independent text; None for a node."""
+    if isinstance(value, fx.Node):
+        return None
+    if isinstance(value, list | tuple):
+        items = [_const(v) for v in value]
+        if value and all(i is None for i in items):
+            return None  # a list of inputs (torch.cat([a, b])): shown as edges
+        inner = ", ".join("_" if i is None else i for i in items)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(items) == 1 else ''})"
+    if isinstance(value, slice):
+        parts = ["" if v is None else (_const(v) or "_") for v in (value.start, value.stop, value.step)]
+        return ":".join(parts[:2] if value.step is None else parts)
+    if value is Ellipsis:
+        return "..."
+    if isinstance(value, torch.dtype):
+        return _dtype_name(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)  # float repr is the shortest round trip: the same on every machine
+    return type(value).__name__
+
+
+def _flow_node(node: fx.Node, tensors: set[str]) -> FlowNode:
+    kind = {"placeholder": "input", "call_module": "module", "call_function": "function",
+            "call_method": "method", "get_attr": "tensor", "output": "output"}[node.op]  # fmt: skip
+    if kind == "tensor" and node.target not in tensors:
+        kind = "constant"
+    target = node.target
+    if node.op == "call_function":
+        name = getattr(target, "__name__", None)
+        target = name if isinstance(name, str) else type(target).__name__
+    args = [] if node.op in ("placeholder", "output") else [_const(a) for a in node.args]
+    args += [f"{k}={c}" for k, c in ((k, _const(v)) for k, v in node.kwargs.items()) if c is not None]
+    return FlowNode(name=node.name, kind=kind, target=str(target), args=", ".join(a for a in args if a is not None))  # type: ignore[arg-type]
+
+
+def _flows(module: nn.Module) -> list[Flow]:
+    """The data flow of each graph module, read from its ``torch.fx`` graph (built or loaded alike)."""
+    flows = []
+    seen: set[int] = set()
+    for name, m in module.named_modules(remove_duplicate=False):
+        if not isinstance(m, fx.GraphModule) or id(m) in seen:
+            continue
+        seen.add(id(m))
+        nodes = list(m.graph.nodes)
+        edges = [FlowEdge(src=i.name, dst=n.name) for n in nodes for i in n.all_input_nodes]
+        tensors = {n for n, _ in m.named_parameters(remove_duplicate=False)}
+        tensors |= {n for n, _ in m.named_buffers(remove_duplicate=False)}
+        flows.append(Flow(module=name, nodes=[_flow_node(n, tensors) for n in nodes], edges=edges))
+    return flows
 
 
 def _blocks(entries: list[TensorEntry], info: BuildInfo | None) -> list[BlockSummary]:

@@ -40,7 +40,12 @@ def _site(name: str) -> str:
 
 
 def _names(e: TensorEntry) -> str:
-    return "<br>".join(f"`{a}`" for a in e.aliases)
+    return "<br>".join([*(f"`{a}`" for a in e.aliases), *(f"`{a}` (transposed)" for a in e.transposed_aliases)])
+
+
+def _tie_text(kind: str) -> str:
+    """How a declared tie reads: ``decoder.weight = encoder.weight`` + this."""
+    return " transposed (dims 0 and 1 swapped)" if kind == "transposed" else " (the same parameter)"
 
 
 def render_md(report: Report, depth: int | None = None) -> str:
@@ -106,10 +111,18 @@ def render_md(report: Report, depth: int | None = None) -> str:
 
 
 def _md_tail(report: Report) -> list[str]:
-    """Tie groups, top-level children and blocks."""
+    """Parameter ties, tie groups, top-level children and blocks."""
     lines: list[str] = []
+    if report.ties:
+        lines += ["", "## Parameter ties", ""]
+        lines += _md_table(["parameter", "is", "kind"], [[f"`{t.param}`", f"`{t.to}`", t.kind] for t in report.ties])
     lines += ["", "## Tie groups", ""]
     if report.tie_groups:
+        lines += [
+            "Kinds: `module`, one block placed at several sites; `parameter`, one parameter held by several "
+            "modules; `transposed`, one parameter, the sites after the first read it transposed.",
+            "",
+        ]
         lines += _md_table(
             ["kind", "block", "sites", "tensors", "numel stored once"],
             [
@@ -228,6 +241,7 @@ def render_text(report: Report, depth: int | None = None) -> str:
         for e in report.tensors:
             s = e.stats
             extra = f" (+{len(e.aliases) - 1})" if len(e.aliases) > 1 else ""
+            extra += f" (+{len(e.transposed_aliases)}ᵀ)" if e.transposed_aliases else ""
             rows.append([
                 clip(e.name, 36 - len(extra)) + extra, "×".join(map(str, e.shape)) or "scalar", e.dtype,
                 f"{e.numel:,}", ("yes" if e.requires_grad else "no") if e.kind == "parameter" else "buf",
@@ -247,13 +261,18 @@ def render_text(report: Report, depth: int | None = None) -> str:
         for c in report.children:
             shared = f", {c.shared_params:,} shared with other children" if c.shared_params else ""
             out.append(clip(f"  {c.name:<12} {c.type:<14} {c.params:>14,} parameters{shared}", 100))
+    if report.ties:
+        out += ["", "parameter ties:"]
+        out += [clip(f"  {t.param} = {t.to}{_tie_text(t.kind)}", 100) for t in report.ties]
     if report.tie_groups:
         out += ["", "tie groups (stored once):"]
         for g in report.tie_groups:
-            label = f"block '{g.block}'" if g.block else g.kind
-            out.append(
-                clip(f"  {label} at {', '.join(g.sites)}: {g.numel:,} elements in {len(g.tensors)} tensors", 100)
-            )
+            n = len(g.tensors)
+            if g.kind == "transposed":
+                where = f"transposed: {g.sites[0]}, read transposed at {', '.join(g.sites[1:])}"
+            else:
+                where = f"{f'block {g.block!r}' if g.block else g.kind} at {', '.join(g.sites)}"
+            out.append(clip(f"  {where}: {g.numel:,} elements in {n} tensor{'' if n == 1 else 's'}", 100))
     if report.blocks:
         out += ["", "blocks:"]
         for b in report.blocks:
