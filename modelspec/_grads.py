@@ -57,7 +57,7 @@ class SiteGrad(FrozenModel):
 class GroupGrads(FrozenModel):
     """A tie group: its per-use contributions, their sum, and ``.grad``."""
 
-    kind: Literal["module", "parameter"]
+    kind: Literal["module", "parameter", "transposed"]
     block: str | None
     tensors: list[str]
     sites: list[SiteGrad]
@@ -107,8 +107,8 @@ def _tie_groups(module: nn.Module, groups: list[Any], aliases: dict[str, list[st
     for source, names in readers.items():
         owners = frozenset(n.rpartition(".")[0] for n in names)
         for i, g in enumerate(out):
-            if g.kind != "module" and g.tensors == [source]:  # also tied as the same parameter
-                sites = g.sites + [n for n in names if n not in g.sites]
+            if g.kind != "module" and g.tensors == [source]:  # the inventory's transposed (or same) group
+                sites = g.sites + [n for n in [*aliases[source], *names] if n not in g.sites]
                 out[i] = g._replace(sites=sites, transposed=g.transposed | owners)
                 break
         else:

@@ -22,6 +22,7 @@ from conftest import D2L, SEED_MODELS, bundled_specs
 import modelspec
 from modelspec._diff import diff_reports
 from modelspec._report import render_json, render_md, render_text
+from modelspec._ties import transposed_map
 from modelspec.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -108,7 +109,8 @@ def test_invariants(spec: Path) -> None:
     t = r.totals
     assert t.naive_params - t.unique_params == t.saved_by_sharing
     assert t.unique_params == sum(p.numel() for p in model.parameters())
-    assert t.naive_params == sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    readers = sum(model.get_parameter(src).numel() for src in transposed_map(model).values())  # read transposed
+    assert t.naive_params == sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False)) + readers
     assert t.trainable_params + t.frozen_params == t.unique_params
     assert diff_reports(r, r).is_empty()
     assert sum(g.numel for g in r.tie_groups if g.kind == "module") <= t.unique_params

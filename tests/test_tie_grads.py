@@ -39,7 +39,7 @@ def test_transposed_tie_lists_the_reader_as_an_owner() -> None:
     enc_use, dec_use, total = untied_ae_grads(m, X)
     result = modelspec.grads(m, X)
     (group,) = result.groups
-    assert group.kind == "parameter" and group.tensors == ["encoder.weight"]
+    assert group.kind == "transposed" and group.tensors == ["encoder.weight"]
     sites = {s.site: s for s in group.sites}
     assert set(sites) == {"encoder", "decoder"}
     assert sites["decoder"].transposed and not sites["encoder"].transposed

@@ -43,7 +43,7 @@ CASES: dict[str, Case] = {
     ),
     "gpt2": Case("gpt2.yaml", GPT, lambda g: (torch.randint(0, 50257, (1, 8), generator=g),), 124_439_808, 163_037_184),
     "tied_autoencoder": Case(
-        "tied_autoencoder.yaml", TiedAutoencoder, lambda g: (torch.randn(4, 64, generator=g),), 2_704, 2_704
+        "tied_autoencoder.yaml", TiedAutoencoder, lambda g: (torch.randn(4, 64, generator=g),), 2_704, 5_264
     ),
     "siamese": Case(
         "siamese.yaml", Siamese, lambda g: (torch.randn(4, 16, generator=g), torch.randn(4, 16, generator=g)), 817, 817
