@@ -5,7 +5,6 @@ conversion, torch.compile, state_dict round trips)."""
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 
 import pytest
@@ -104,7 +103,6 @@ def test_state_dict_loads_strict_into_a_fresh_build() -> None:
     assert torch.equal(fresh.decoder.weight, m.encoder.weight.t())
 
 
-@pytest.mark.skipif(os.environ.get("MODELSPEC_SLOW") != "1", reason="torch.compile takes 15-45 s: MODELSPEC_SLOW=1")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
 def test_torch_compile_matches_eager() -> None:
     m = modelspec.build(AE)
