@@ -41,7 +41,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _registry as registry
-from ._errors import Collector, SpecPath, did_you_mean
+from ._errors import Collector, SpecPath, closest, did_you_mean
 from ._ops import OPS, OpType
 
 __all__ = [
@@ -650,8 +650,8 @@ class NodeParser:
             raw = {k: v for k, v in raw.items() if k != "in"}
         if isinstance(raw, str) and raw[:1].islower():
             body = self.op(raw, None, path, path)
-        elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in OPS:
-            key = next(iter(raw))
+        elif isinstance(raw, dict) and len(raw) == 1 and _looks_like_op(next(iter(raw)), raw[next(iter(raw))]):
+            key = next(iter(raw))  # an op, or a slip for one ({trnspose: [1, 2]}): not a named child
             body = self.op(key, raw[key], path, (*path, key))
         elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) == "Sequential":
             items = raw["Sequential"]
@@ -775,6 +775,33 @@ class NodeParser:
                 i = entry.param_names.index(name)
                 arguments[name] = args[i] if i < len(args) else kwargs[name]
         return Op(type_name, arguments, values, path)
+
+
+def _looks_like_op(key: str, value: Any) -> bool:
+    """Whether a one-key lower-case entry of a graph's nodes is an op (or meant as one)
+    rather than one named child: an op's name, a name close to one, or a value that no
+    node can be (a number, null, a list of plain values)."""
+    if key in OPS:
+        return True
+    if not key[:1].islower():
+        return False
+    return not _node_like(value) and closest(key, OPS) is not None or _plain(value)
+
+
+def _plain(value: Any) -> bool:
+    """A value no node can be: null, a number, a list of numbers."""
+    if isinstance(value, list):
+        return not any(isinstance(v, (str, dict, list)) for v in value)
+    return value is None or isinstance(value, (int, float, bool))
+
+
+def _node_like(value: Any) -> bool:
+    """A layer name, a layer, ``{use: ...}`` or a list of those: what a named child holds."""
+    if isinstance(value, str):
+        return value[:1].isupper()
+    if isinstance(value, dict):
+        return any(k[:1].isupper() or k == "use" for k in value)
+    return isinstance(value, list) and bool(value) and all(_node_like(v) for v in value)
 
 
 def typing_is_list(p: registry.Param) -> bool:
