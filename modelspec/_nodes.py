@@ -785,7 +785,7 @@ def _looks_like_op(key: str, value: Any) -> bool:
         return True
     if not key[:1].islower():
         return False
-    return not _node_like(value) and closest(key, OPS) is not None or _plain(value)
+    return (not _node_like(value) and closest(key, OPS) is not None) or _plain(value)
 
 
 def _plain(value: Any) -> bool:
