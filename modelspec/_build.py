@@ -454,11 +454,16 @@ def _report_graph_failure(
     shapes = ", ".join(str(list(a.shape)) for a in step.args if isinstance(a, torch.Tensor)) or "no tensor"
     given = " and ".join(str(list(x.shape)) for x in xs)
     if node is None:  # an fx node of our own (an item picked from a tuple)
-        where, path = format_path(info.graph.path), info.graph.path
+        pick = info.picks.get(step.node.name)
+        path = pick.path if pick is not None else info.graph.path
+        where = f"'{pick.name}' ({format_path(path)})" if pick is not None else format_path(path)
         hint = f"it got {shapes}"
-        if step.node.target is __import__("operator").getitem and step.args:
-            got = step.args[0]
-            hint = f"'{step.node.args[0]}' gives {type(got).__name__}, not a tuple with that item"
+        if pick is not None and step.args:
+            got, base = step.args[0], pick.name[: pick.name.rindex("[")]
+            if isinstance(got, (tuple, list)):
+                hint = f"'{base}' gives a tuple of {len(got)} items: pick one of {base}[0] to {base}[{len(got) - 1}]"
+            elif isinstance(got, torch.Tensor):
+                hint = f"'{base}' gives a tensor of shape {list(got.shape)}, not a tuple: remove the last [i]"
     elif isinstance(node.body, Op):
         where, path = format_path(node.path), node.path
         hint = f"{node.body.type} gets {shapes}: make the shapes of {', '.join(map(str, node.refs))} agree"

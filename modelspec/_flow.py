@@ -55,6 +55,7 @@ class GraphInfo:
 
     graph: Graph
     nodes: dict[str, GraphNode]  # fx node name -> the spec's node it computes (ops: the last fx node)
+    picks: dict[str, Ref]  # fx node name of an item picked from a tuple -> the reference that picks it
 
 
 def place(root: nn.Module, name: str, value: nn.Module | torch.Tensor, *, buffer: bool = False,
@@ -147,6 +148,13 @@ class SpecGraphModule(fx.GraphModule):
         type(copied).__name__ = type(self).__name__
         return copied
 
+    def recompile(self) -> Any:
+        code = super().recompile()
+        # fx wraps __call__ to print the generated source to stderr when forward raises;
+        # a library does not print (the traceback still shows the generated line).
+        type(self).__call__ = nn.Module.__call__
+        return code
+
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_graph"}
         return (_restore, (state, _graph_rows(self.graph)))
@@ -171,6 +179,8 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     for t in graph.tensors:
         env[t.name] = g.get_attr(t.name)
 
+    picks: dict[str, Ref] = {}
+
     def value(ref: Ref) -> Any:
         out = env[ref.name]
         for k in range(len(ref.index)):
@@ -178,6 +188,7 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
             if key not in picked:  # lstm_0 = lstm[0]
                 picked[key] = g.call_function(operator.getitem, (out, ref.index[k]))
                 picked[key]._rename(re.sub(r"\W+", "_", key.replace("-", "m")).strip("_"))
+                picks[picked[key].name] = Ref(key, (), ref.path)
             out = picked[key]
         return out
 
@@ -206,5 +217,5 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     module._parameters = OrderedDict(root._parameters)
     module._buffers = OrderedDict(root._buffers)
     module._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
-    builder.graphs[id(module)] = GraphInfo(graph, sources)
+    builder.graphs[id(module)] = GraphInfo(graph, sources, picks)
     return module
