@@ -473,13 +473,23 @@ def _report_graph_failure(
         where, path = format_path(node.path), node.path
         hint = f"check the layer sizes against the example input {given}"
         frame = tracer.stack[-1] if tracer.stack else None
-        if frame is not None and id(frame.module) not in builder.graphs:
+        tuples = [(ref, a) for ref, a in zip(node.refs, step.args, strict=False) if isinstance(a, (tuple, list))]
+        if tuples:
+            ref, got = tuples[0]
+            hint = (f"'{ref}' gives a tuple of {len(got)} items (an LSTM gives its output and its state): "
+                    f"pick one with '{ref}[0]'")  # fmt: skip
+        elif frame is not None and id(frame.module) not in builder.graphs:
             site = _Site(node.body, ())
+            i = next((i for i, x in enumerate(xs) for a in step.args if a is x), 0)  # the model input it reads
             tracer.paused = True
             try:
-                hint = _diagnose(frame, site, model, xs[0], spec, tracer)
+                hint = _diagnose(frame, site, model, xs[i], spec, tracer)
             finally:
                 tracer.paused = False
+            root = spec.roots[model]
+            if isinstance(root, Graph) and root.inputs[i].example is not None:  # 'inputs.ids.dtype', not 'input.dtype'
+                key = f"inputs.{root.inputs[i].name}"
+                hint = hint.replace("input.dtype", f"{key}.dtype").replace("input.shape", f"{key}.shape")
     errors.add("build-error", f"the example input {given} failed in {label} at {where}: {_first_line(e)}", path,
                hint=hint)  # fmt: skip
 
