@@ -876,12 +876,13 @@ def schema_defs() -> dict[str, Any]:
             {"type": "object", "additionalProperties": {"$ref": "#/$defs/Ref"}, "minProperties": 1},
         ],
     }
-    with_in = {"properties": {"in": {"$ref": "#/$defs/In"}}}
     defs["GraphEntry"] = {
         "description": "a layer or any node (a submodule of that name), an op, or one of these with 'in:'",
         "anyOf": [
             {"type": "string", "enum": [*names, *sorted(OPS)]},
-            *[{"allOf": [r], **with_in} for r in layer_refs],  # editors complete the layer and 'in'
+            *[{"type": "object", "properties": {name: {"$ref": f"#/$defs/layer.{name}/properties/{name}"},
+               "in": {"$ref": "#/$defs/In"}}, "required": [name], "additionalProperties": False}
+              for name in names],  # a layer and its 'in': editors complete both
             *op_refs,
             {"type": "object", "properties": {"use": {"type": "string"}, "in": {"$ref": "#/$defs/In"}},
              "required": ["use"], "additionalProperties": False},
