@@ -48,3 +48,53 @@ def test_bundled_v1_spec_hash_is_unchanged(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(TEXTS))
 def test_v1_forms_hash_is_unchanged(name: str) -> None:
     assert modelspec.compile_spec(TEXTS[name]).spec.sha256 == TEXT_BEFORE_GRAPHS[name]
+
+
+def test_each_node_kind_is_defined_in_one_class() -> None:
+    """Canonical form, graph-entry form and contained nodes live on each kind's class,
+    and every kind of the union is in the schema's node grammar."""
+    import typing
+
+    from modelspec import _nodes
+
+    kinds = typing.get_args(_nodes.Node)
+    assert {k.__name__ for k in kinds} == {"Layer", "Seq", "Children", "Use", "Graph"}
+    for kind in kinds:
+        for method in ("to_data", "entry_data", "subnodes"):
+            assert method in vars(kind), (kind.__name__, method)
+    assert "to_data" in vars(_nodes.Op) and "entry_data" in vars(_nodes.Op)
+    options = str(_nodes.schema_defs()["Node"]["anyOf"])
+    for ref in ("#/$defs/Use", "#/$defs/Children", "#/$defs/Graph", "#/$defs/layer.Linear", "'array'"):
+        assert ref in options
+
+
+@pytest.mark.parametrize("name", ["basic-block", "shared", "encoder", "everything"])
+def test_canonical_form_of_a_graph_is_a_spec_with_the_same_hash(name: str) -> None:
+    import yaml
+    from test_graph_schema import GOOD
+
+    spec = modelspec.compile_spec(GOOD[name]).spec
+    again = modelspec.compile_spec(yaml.safe_dump(spec.to_data(), sort_keys=False)).spec
+    assert again.sha256 == spec.sha256 and again.to_data() == spec.to_data()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("    a: {Linear: [4, 4], in: x}\n    b: {Linear: [4, 4], in: x}\n", "    b: {Linear: [4, 4], in: x}\n    a: {Linear: [4, 4], in: x}\n"),
+        ("  params:\n    p: {shape: [4]}\n    q: {shape: [4]}\n", "  params:\n    q: {shape: [4]}\n    p: {shape: [4]}\n"),
+    ],
+)  # fmt: skip
+def test_the_order_of_graph_nodes_and_tensors_is_in_the_hash(first: str, second: str) -> None:
+    """Nodes and free tensors are initialized, and listed in state_dict, in the written order."""
+    tail = "    c: {add: null, in: [a, b, p, q]}\n"
+
+    def text(part: str) -> str:
+        nodes = "    a: {Linear: [4, 4], in: x}\n    b: {Linear: [4, 4], in: x}\n"
+        if part.startswith("  params"):
+            return f"modelspec: 1\nmodel:\n{part}  nodes:\n{nodes}{tail}"
+        return f"modelspec: 1\nmodel:\n  params:\n    p: {{shape: [4]}}\n    q: {{shape: [4]}}\n  nodes:\n{part}{tail}"
+
+    one, two = modelspec.compile_spec(text(first)).spec, modelspec.compile_spec(text(second)).spec
+    assert one.sha256 != two.sha256
+    assert list(modelspec.build(text(first)).state_dict()) != list(modelspec.build(text(second)).state_dict())
