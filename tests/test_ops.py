@@ -236,3 +236,18 @@ def test_a_slip_for_an_op_is_not_taken_for_a_named_child() -> None:
     # a named child whose name is close to an op still is a named child
     model = modelspec.build(HEAD + "    block: {relu1: ReLU}\n")
     assert isinstance(model.block.relu1, torch.nn.ReLU)
+
+
+def test_attention_dropout_applies_only_in_training() -> None:
+    text = (
+        "modelspec: 1\nmodel:\n  inputs: {q: {shape: [2, 2, 5, 4]}}\n"
+        "  nodes:\n    out: {attention: {dropout_p: 0.5}, in: [q, q, q]}\n"
+    )
+    model = modelspec.build(text)
+    q = torch.randn(2, 2, 5, 4)
+    model.eval()
+    torch.testing.assert_close(model(q), F.scaled_dot_product_attention(q, q, q), rtol=1e-6, atol=1e-6)
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(model(q), F.scaled_dot_product_attention(q, q, q))
+    assert model.state_dict() == {}
