@@ -360,3 +360,19 @@ def test_copies_keep_names_sharing_buffers_and_code(how: str) -> None:
     assert copied.code == model.code and copied.h["0"].code == model.h["0"].code
     x = torch.randn(2, 4)
     torch.testing.assert_close(copied(x), model(x), rtol=0, atol=0)
+
+
+def test_the_readme_graph_examples_build() -> None:
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Graphs") : text.index("## Command line")]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    basic, _fragment, several, encoder = blocks
+    assert modelspec.build(basic, device="meta").code.count("self.") == 5
+    assert list(modelspec.build("modelspec: 1\n" + several).state_dict()) == ["lm.tok.weight"]
+    nested = "".join(f"    {line}\n" for line in encoder.splitlines())
+    built = modelspec.build(f"modelspec: 1\ninput: {{shape: [2, 5, 64]}}\nmodel:\n  nodes:\n{nested}")
+    assert built.encoder.layers[0] is not built.encoder.layers[1]
