@@ -451,7 +451,11 @@ def _report_graph_failure(
     info = builder.graphs[id(step.module)]
     node = info.nodes.get(step.node.name)
     label = f"model '{model}'" if model else "the model"
-    shapes = ", ".join(str(list(a.shape)) for a in step.args if isinstance(a, torch.Tensor)) or "no tensor"
+    tensors = [a for a in step.args if isinstance(a, torch.Tensor)]
+    shapes = ", ".join(
+        str(list(a.shape)) + ("" if a.dtype == torch.float32 else f" {str(a.dtype).removeprefix('torch.')}")
+        for a in tensors
+    ) or "no tensor"  # fmt: skip
     given = " and ".join(str(list(x.shape)) for x in xs)
     if node is None:  # an fx node of our own (an item picked from a tuple)
         pick = info.picks.get(step.node.name)
@@ -467,6 +471,8 @@ def _report_graph_failure(
     elif isinstance(node.body, Op):
         where, path = format_path(node.path), node.path
         hint = f"{node.body.type} gets {shapes}: make the shapes of {', '.join(map(str, node.refs))} agree"
+        if any(a.dtype != torch.float32 for a in tensors):
+            hint = f"{node.body.type} gets {shapes}: check the shapes and dtypes of {', '.join(map(str, node.refs))}"
         if node.body.entry.tuple_output is False and any(isinstance(a, (tuple, list)) for a in step.args):
             hint = "an input is a tuple: pick an item with name[i], e.g. 'lstm[0]'"
     else:

@@ -27,6 +27,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ._errors import UsageError
+from ._memory import allocating, tensor_bytes
 from ._nodes import FreeTensor, Graph, GraphNode, Op, Ref
 from ._resolve import graph_order
 
@@ -164,7 +166,17 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     """Build ``graph``'s modules and tensors, then generate its forward."""
     root = nn.Module()
     for t in graph.tensors:
-        place(root, t.name, _free_tensor(t), buffer=t.kind == "buffer", persistent=t.spec.persistent)
+        dtype = _DTYPES[t.spec.dtype]
+        try:
+            what = f"{t.kind} '{t.name}' {t.spec.shape}"
+            with allocating(tensor_bytes(t.spec.shape, dtype), torch.get_default_device(), what, "make it smaller"):
+                value = _free_tensor(t)
+        except UsageError as e:  # a size the spec states but this machine cannot hold
+            builder.errors.add("too-large", str(e).split(";")[0], t.path,
+                               hint="see the sizes without allocating: --device meta")  # fmt: skip
+            value = torch.empty(t.spec.shape if e.code != "too-large" else [0], dtype=dtype, device="meta")
+            value = nn.Parameter(value) if t.kind == "param" else value
+        place(root, t.name, value, buffer=t.kind == "buffer", persistent=t.spec.persistent)
     for node in graph.nodes:  # written order: initialization and state_dict order
         if not isinstance(node.body, Op):
             module = builder.node(node.body)

@@ -12,9 +12,11 @@ do not collide (``a`` and ``a.b`` cannot both be layers).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from . import _registry as registry
 from ._errors import Collector, did_you_mean, format_path
 from ._nodes import Children, Graph, GraphNode, Layer, Node, Op, Seq, Use, iter_uses, subnodes
 from ._spec import Spec
@@ -69,7 +71,59 @@ def graph_order(graph: Graph) -> list[GraphNode] | list[str]:
     return order
 
 
-def _check_graph(graph: Graph, errors: Collector) -> None:
+def _forward(node: Node | Op, blocks: dict[str, Node]) -> inspect.Signature | None:
+    """The inputs a graph node's module takes: its ``forward`` without ``self``."""
+    seen: set[str] = set()
+    while isinstance(node, Use) and node.block in blocks and node.block not in seen:
+        seen.add(node.block)
+        node = blocks[node.block]
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    if isinstance(node, (Seq, Children)):
+        return inspect.Signature([inspect.Parameter("input", plain)])
+    if isinstance(node, Graph):
+        return inspect.Signature([inspect.Parameter(i.name, plain) for i in node.inputs])
+    entry = registry.get_layer(node.type) if isinstance(node, Layer) else None
+    if entry is None:
+        return None
+    try:
+        signature = inspect.signature(entry.cls.forward)
+    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
+        return None
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def _check_inputs(node: GraphNode, blocks: dict[str, Node], errors: Collector) -> None:
+    """A module node's inputs must fit its forward: ``bad-arity`` before anything runs."""
+    signature = _forward(node.body, blocks)
+    if signature is None:
+        return
+    kinds = {p.kind for p in signature.parameters.values()}
+    names = [p.name for p in signature.parameters.values() if p.kind != p.VAR_POSITIONAL]
+    body = node.body
+    what = body.type if isinstance(body, Layer) else f"block '{body.block}'" if isinstance(body, Use) else "it"
+    for key, ref in node.kwargs:
+        if key not in names and inspect.Parameter.VAR_KEYWORD not in kinds:
+            hint = did_you_mean(key, names) or f"name one of {', '.join(names)}"
+            errors.add("bad-arity", f"{what} has no input '{key}': its forward takes {', '.join(names)}", ref.path,
+                       hint=hint)  # fmt: skip
+            return
+    try:
+        signature.bind(*node.args, **dict(node.kwargs))
+    except TypeError:
+        required = [p.name for p in signature.parameters.values() if p.default is p.empty and p.kind in
+                    (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+        count = len(node.args) + len(node.kwargs)
+        errors.add(
+            "bad-arity",
+            f"{what} takes {len(required)} input{'s' if len(required) != 1 else ''} ({', '.join(required)})"
+            + (f", up to {len(names)}" if len(names) > len(required) else "")
+            + f"; the node gives {count}",
+            (*node.path, "in"),
+            hint=f"e.g. 'in: [{', '.join(required)}]'" if len(required) > 1 else "give it one input",
+        )
+
+
+def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node]) -> None:
     names: dict[str, tuple[str, object]] = {}
     for kind, name, path in [
         *(("input", i.name, i.path) for i in graph.inputs),
@@ -98,6 +152,8 @@ def _check_graph(graph: Graph, errors: Collector) -> None:
                 hint=did_you_mean(ref.name, names) or f"it has: {', '.join(names)}",
             )
     for node in graph.nodes:
+        if not isinstance(node.body, Op):
+            _check_inputs(node, blocks, errors)
         if names[node.name][0] == "node" and any(r.name == node.name for r in node.refs):
             errors.add("graph-cycle", f"node '{node.name}' reads its own output", node.path,
                        hint="read an earlier node or an input")  # fmt: skip
@@ -284,7 +340,7 @@ def resolve(spec: Spec) -> Resolved:
             )
     for root in [*spec.blocks.values(), *spec.roots.values()]:
         for graph in iter_graphs(root):
-            _check_graph(graph, errors)
+            _check_graph(graph, errors, spec.blocks)
     errors.raise_if_errors()  # the sizes below follow only sound references
     connections = _Connections(spec, errors)
     for root in spec.roots.values():

@@ -127,3 +127,55 @@ def test_with_an_example_the_pass_reports_instead() -> None:
         "modelspec: 1\ninput: {shape: [2, 4]}\nmodel:\n  - {Linear: [4, 3]}\n  - {Linear: [5, 3]}\n", build=True
     )
     assert d.code == "build-error"
+
+
+@pytest.mark.parametrize(
+    ("nodes", "line", "column", "hint"),
+    [
+        ("    a: {Linear: [4, 4], in: [x, x]}\n", 5, 25, "give it one input"),  # Linear.forward(input)
+        ("    a: {Linear: [4, 4], in: {inp: x}}\n", 5, 30, "did you mean 'input'?"),
+        ("    a: {Bilinear: [4, 4, 2]}\n", 5, 5, "e.g. 'in: [input1, input2]'"),  # two inputs, the default gives one
+        ("    a: {Sequential: [ReLU], in: [x, x]}\n", 5, 29, "give it one input"),
+        ("    g:\n      inputs: [p, q]\n      nodes:\n        s: {add: null, in: [p, q]}\n", 5, 5, "e.g. 'in: [p, q]'"),
+    ],
+)
+def test_a_layer_given_inputs_its_forward_does_not_take_is_bad_arity(
+    nodes: str, line: int, column: int, hint: str
+) -> None:
+    [d] = refused(HEAD + "  nodes:\n" + nodes)
+    assert (d.code, d.line, d.column, d.hint) == ("bad-arity", line, column, hint)
+
+
+def test_a_graph_block_takes_its_inputs_by_position_or_name() -> None:
+    text = """modelspec: 1
+blocks:
+  pair:
+    inputs: [p, q]
+    nodes:
+      s: {sub: null, in: [p, q]}
+model:
+  inputs: [x, z]
+  nodes:
+    a: {use: pair, in: {q: x, p: z}}
+    b: {use: pair, in: [a, x, z]}
+"""
+    [d] = refused(text)
+    assert (d.code, d.line, d.column) == ("bad-arity", 11, 20)
+    import torch
+
+    model = modelspec.build(text.replace("    b: {use: pair, in: [a, x, z]}\n", "    b: {use: pair, in: [a, x]}\n"))
+    x, z = torch.randn(3), torch.randn(3)
+    torch.testing.assert_close(model(x, z), (z - x) - x, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_free_tensor_too_large_to_hold_is_refused_before_allocating(device: str) -> None:
+    text = (
+        HEAD
+        + "  params:\n    p: {shape: [1099511627776, 1099511627776, 4]}\n  nodes:\n    a: {add: null, in: [x, p]}\n"
+    )
+    with pytest.raises(SpecError) as e:
+        modelspec.build(text, device=device)
+    [d] = e.value.diagnostics
+    assert (d.code, d.line, d.column) == ("too-large", 5, 5)
+    assert "param 'p'" in d.message
