@@ -376,3 +376,29 @@ def test_the_readme_graph_examples_build() -> None:
     nested = "".join(f"    {line}\n" for line in encoder.splitlines())
     built = modelspec.build(f"modelspec: 1\ninput: {{shape: [2, 5, 64]}}\nmodel:\n  nodes:\n{nested}")
     assert built.encoder.layers[0] is not built.encoder.layers[1]
+
+
+def test_a_list_of_graph_blocks_gives_handwritten_keys() -> None:
+    model = modelspec.build("""modelspec: 1
+input: {shape: [2, 3, 8]}
+blocks:
+  block: &block
+    nodes:
+      attn.c_attn: {Linear: [8, 24]}
+      q: {chunk: [3, -1]}
+      attn.c_proj: {Linear: [8, 8], in: 'q[0]'}
+      res: {add: null, in: [attn.c_proj, x]}
+model:
+  nodes:
+    transformer.h: [{use: block}, *block]
+    lm_head: {Linear: [8, 5]}
+""")
+    assert list(model.state_dict())[:4] == ["transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+                                            "transformer.h.0.attn.c_proj.weight", "transformer.h.0.attn.c_proj.bias"]  # fmt: skip
+    assert "transformer.h.1.attn.c_proj.bias" in model.state_dict()
+    first, second = model.transformer.h
+    assert first is not second and first.attn.c_attn is not second.attn.c_attn  # an alias is a copy
+    x = torch.randn(2, 3, 8)
+    h = first.attn.c_proj(first.attn.c_attn(x).chunk(3, -1)[0]) + x
+    h = second.attn.c_proj(second.attn.c_attn(h).chunk(3, -1)[0]) + h
+    torch.testing.assert_close(model(x), model.lm_head(h), rtol=0, atol=0)
