@@ -456,30 +456,51 @@ def _report_graph_failure(
     info = builder.graphs[id(step.module)]
     node = info.nodes.get(step.node.name)
     label = f"model '{model}'" if model else "the model"
-    shapes = ", ".join(str(list(a.shape)) for a in step.args if isinstance(a, torch.Tensor)) or "no tensor"
+    tensors = [a for a in step.args if isinstance(a, torch.Tensor)]
+    shapes = ", ".join(
+        str(list(a.shape)) + ("" if a.dtype == torch.float32 else f" {str(a.dtype).removeprefix('torch.')}")
+        for a in tensors
+    ) or "no tensor"  # fmt: skip
     given = " and ".join(str(list(x.shape)) for x in xs)
     if node is None:  # an fx node of our own (an item picked from a tuple)
-        where, path = format_path(info.graph.path), info.graph.path
+        pick = info.picks.get(step.node.name)
+        path = pick.path if pick is not None else info.graph.path
+        where = f"'{pick.name}' ({format_path(path)})" if pick is not None else format_path(path)
         hint = f"it got {shapes}"
-        if step.node.target is __import__("operator").getitem and step.args:
-            got = step.args[0]
-            hint = f"'{step.node.args[0]}' gives {type(got).__name__}, not a tuple with that item"
+        if pick is not None and step.args:
+            got, base = step.args[0], pick.name[: pick.name.rindex("[")]
+            if isinstance(got, (tuple, list)):
+                hint = f"'{base}' gives a tuple of {len(got)} items: pick one of {base}[0] to {base}[{len(got) - 1}]"
+            elif isinstance(got, torch.Tensor):
+                hint = f"'{base}' gives a tensor of shape {list(got.shape)}, not a tuple: remove the last [i]"
     elif isinstance(node.body, Op):
         where, path = format_path(node.path), node.path
         hint = f"{node.body.type} gets {shapes}: make the shapes of {', '.join(map(str, node.refs))} agree"
+        if any(a.dtype != torch.float32 for a in tensors):
+            hint = f"{node.body.type} gets {shapes}: check the shapes and dtypes of {', '.join(map(str, node.refs))}"
         if node.body.entry.tuple_output is False and any(isinstance(a, (tuple, list)) for a in step.args):
             hint = "an input is a tuple: pick an item with name[i], e.g. 'lstm[0]'"
     else:
         where, path = format_path(node.path), node.path
         hint = f"check the layer sizes against the example input {given}"
         frame = tracer.stack[-1] if tracer.stack else None
-        if frame is not None and id(frame.module) not in builder.graphs:
+        tuples = [(ref, a) for ref, a in zip(node.refs, step.args, strict=False) if isinstance(a, (tuple, list))]
+        if tuples:
+            ref, got = tuples[0]
+            hint = (f"'{ref}' gives a tuple of {len(got)} items (an LSTM gives its output and its state): "
+                    f"pick one with '{ref}[0]'")  # fmt: skip
+        elif frame is not None and id(frame.module) not in builder.graphs:
             site = _Site(node.body, ())
+            i = next((i for i, x in enumerate(xs) for a in step.args if a is x), 0)  # the model input it reads
             tracer.paused = True
             try:
-                hint = _diagnose(frame, site, model, xs[0], spec, tracer)
+                hint = _diagnose(frame, site, model, xs[i], spec, tracer)
             finally:
                 tracer.paused = False
+            root = spec.roots[model]
+            if isinstance(root, Graph) and root.inputs[i].example is not None:  # 'inputs.ids.dtype', not 'input.dtype'
+                key = f"inputs.{root.inputs[i].name}"
+                hint = hint.replace("input.dtype", f"{key}.dtype").replace("input.shape", f"{key}.shape")
     errors.add("build-error", f"the example input {given} failed in {label} at {where}: {_first_line(e)}", path,
                hint=hint)  # fmt: skip
 

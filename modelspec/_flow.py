@@ -16,7 +16,9 @@ model.code)`` shows the generated forward.
 
 from __future__ import annotations
 
+import copy
 import operator
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,13 +27,15 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ._errors import UsageError
+from ._memory import allocating, tensor_bytes
 from ._nodes import Call, FreeTensor, Graph, GraphNode, Op, Ref
 from ._resolve import graph_order
 
 if TYPE_CHECKING:
     from ._build import _Builder
 
-__all__ = ["GraphInfo", "build_graph", "place"]
+__all__ = ["GraphInfo", "SpecGraphModule", "build_graph", "place"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -53,6 +57,7 @@ class GraphInfo:
 
     graph: Graph
     nodes: dict[str, GraphNode]  # fx node name -> the spec's node it computes (ops: the last fx node)
+    picks: dict[str, Ref]  # fx node name of an item picked from a tuple -> the reference that picks it
 
 
 def place(root: nn.Module, name: str, value: nn.Module | torch.Tensor, *, buffer: bool = False,
@@ -91,11 +96,87 @@ def _free_tensor(t: FreeTensor) -> torch.Tensor:
     return nn.Parameter(value) if t.kind == "param" else value
 
 
+class _NodeName(str):
+    """A reference to an earlier fx node, by name, in :func:`_graph_rows`."""
+
+
+def _graph_rows(g: fx.Graph) -> list[tuple[Any, ...]]:
+    """The graph as plain picklable rows (op, name, target, args, kwargs), node references by name."""
+    return [
+        (n.op, n.name, n.target, fx.node.map_arg(n.args, lambda a: _NodeName(a.name)),
+         fx.node.map_arg(n.kwargs, lambda a: _NodeName(a.name)))
+        for n in g.nodes
+    ]  # fmt: skip
+
+
+def _graph_from_rows(rows: list[tuple[Any, ...]]) -> fx.Graph:
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+
+    def arg(a: Any) -> Any:
+        return env[a] if isinstance(a, _NodeName) else a
+
+    for op, name, target, args, kwargs in rows:
+        args, kwargs = fx.node.map_aggregate(args, arg), fx.node.map_aggregate(kwargs, arg)
+        env[name] = g.create_node(op, target, args, kwargs, name=name)
+    return g
+
+
+def _restore(state: dict[str, Any], rows: list[tuple[Any, ...]]) -> SpecGraphModule:
+    """Unpickle a :class:`SpecGraphModule`: the same children, tensors and generated code."""
+    module = SpecGraphModule.__new__(SpecGraphModule)
+    module.__dict__.update(state)
+    module.graph = _graph_from_rows(rows)  # generates forward
+    type(module).__name__ = "GraphModule"
+    return module
+
+
+class SpecGraphModule(fx.GraphModule):
+    """A GraphModule that keeps, through ``copy.deepcopy`` and pickling, exactly what the
+    build gave it: every child under every name (a block used as ``a`` and ``b`` stays one
+    object under both), non-persistent buffers, and its graph as built.
+
+    ``fx.GraphModule`` itself copies by re-running its ``__init__`` (which keeps only the
+    children its graph calls, in call order, and forgets which buffers are persistent)
+    and pickles by re-tracing the generated code (which calls a module used twice by its
+    first name only)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SpecGraphModule:
+        copied = SpecGraphModule.__new__(SpecGraphModule)
+        memo[id(self)] = copied
+        state = {k: copy.deepcopy(v, memo) for k, v in self.__dict__.items() if k != "_graph"}
+        copied.__dict__.update(state)
+        copied.graph = copy.deepcopy(self.graph, memo)  # generates forward
+        type(copied).__name__ = type(self).__name__
+        return copied
+
+    def recompile(self) -> Any:
+        code = super().recompile()
+        # fx wraps __call__ to print the generated source to stderr when forward raises;
+        # a library does not print (the traceback still shows the generated line).
+        type(self).__call__ = nn.Module.__call__
+        return code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {k: v for k, v in self.__dict__.items() if k != "_graph"}
+        return (_restore, (state, _graph_rows(self.graph)))
+
+
 def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     """Build ``graph``'s modules and tensors, then generate its forward."""
     root = nn.Module()
     for t in graph.tensors:
-        place(root, t.name, _free_tensor(t), buffer=t.kind == "buffer", persistent=t.spec.persistent)
+        dtype = _DTYPES[t.spec.dtype]
+        try:
+            what = f"{t.kind} '{t.name}' {t.spec.shape}"
+            with allocating(tensor_bytes(t.spec.shape, dtype), torch.get_default_device(), what, "make it smaller"):
+                value = _free_tensor(t)
+        except UsageError as e:  # a size the spec states but this machine cannot hold
+            builder.errors.add("too-large", str(e).split(";")[0], t.path,
+                               hint="see the sizes without allocating: --device meta")  # fmt: skip
+            value = torch.empty(t.spec.shape if e.code != "too-large" else [0], dtype=dtype, device="meta")
+            value = nn.Parameter(value) if t.kind == "param" else value
+        place(root, t.name, value, buffer=t.kind == "buffer", persistent=t.spec.persistent)
     for node in graph.nodes:  # written order: initialization and state_dict order
         if not isinstance(node.body, (Op, Call)):
             module = builder.node(node.body)
@@ -110,12 +191,16 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     for t in graph.tensors:
         env[t.name] = g.get_attr(t.name)
 
+    picks: dict[str, Ref] = {}
+
     def value(ref: Ref) -> Any:
         out = env[ref.name]
         for k in range(len(ref.index)):
             key = f"{ref.name}{''.join(f'[{i}]' for i in ref.index[: k + 1])}"
-            if key not in picked:
+            if key not in picked:  # lstm_0 = lstm[0]
                 picked[key] = g.call_function(operator.getitem, (out, ref.index[k]))
+                picked[key]._rename(re.sub(r"\W+", "_", key.replace("-", "m")).strip("_"))
+                picks[picked[key].name] = Ref(key, (), ref.path)
             out = picked[key]
         return out
 
@@ -139,12 +224,12 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     else:
         g.output(value(graph.outputs[0]))
     g.lint()
-    module = fx.GraphModule(root, g, class_name="GraphModule")
+    module = SpecGraphModule(root, g, class_name="GraphModule")
     # fx copied the targets it needs, with plain nn.Module() containers: hold exactly the
     # objects built here instead, in the written order.
     module._modules = OrderedDict(root._modules)
     module._parameters = OrderedDict(root._parameters)
     module._buffers = OrderedDict(root._buffers)
     module._non_persistent_buffers_set = set(root._non_persistent_buffers_set)
-    builder.graphs[id(module)] = GraphInfo(graph, sources)
+    builder.graphs[id(module)] = GraphInfo(graph, sources, picks)
     return module

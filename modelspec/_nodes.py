@@ -18,10 +18,12 @@ see :mod:`modelspec._ops`) and any entry may name its inputs with ``in:``.
 
 Each kind is a frozen dataclass here with, side by side: how it is recognised and
 parsed (:class:`NodeParser`), its canonical data (``to_data``: what the spec hash is
-computed from; v1 kinds keep v1's form, so v1 hashes are unchanged), the nodes it
-contains (:func:`subnodes`: what the resolver walks for ``use`` references) and its
-JSON Schema (:func:`schema_defs`). Building is in ``_build`` (modules) and ``_flow``
-(graphs), each dispatching on these same classes.
+computed from; v1 kinds keep v1's form, so v1 hashes are unchanged; ``entry_data``: the
+same as an entry of a graph's ``nodes:``, a mapping that can take ``in``), the nodes it
+contains (``subnodes``: what the resolver walks for ``use`` references) and its JSON
+Schema (:func:`schema_defs`). Building is in ``_build`` (modules: one dispatch on these
+classes) and ``_flow`` (graphs). A new kind is one class here, its case in
+``NodeParser``, its schema entry and its case in the builder.
 
 Mapping keys that start with an upper-case letter are layer types; lower-case keys are
 child names. That keeps the two apart and lets a typo ``Lienar`` be reported as an
@@ -41,7 +43,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _registry as registry
-from ._errors import Collector, SpecPath, did_you_mean
+from ._errors import Collector, SpecPath, closest, did_you_mean
 from ._ops import OPS, OpType
 
 __all__ = [
@@ -150,8 +152,21 @@ class Layer:
     path: SpecPath
     modules: tuple[tuple[str, Node], ...] = ()
 
-    def to_data(self) -> Any:
-        return {self.type: dict(self.arguments)} if self.arguments else self.type
+    def to_data(self, ordered: bool = False) -> Any:
+        arguments = self._arguments(ordered)
+        return {self.type: arguments} if arguments else self.type
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return {self.type: self._arguments(ordered) or None}
+
+    def _arguments(self, ordered: bool) -> dict[str, Any]:
+        if not ordered or not self.modules:
+            return dict(self.arguments)
+        modules = dict(self.modules)
+        return {k: modules[k].to_data(ordered) if k in modules else v for k, v in self.arguments.items()}
+
+    def subnodes(self) -> Iterator[Node]:
+        yield from (m for _, m in self.modules)
 
 
 @dataclass(frozen=True)
@@ -159,8 +174,14 @@ class Seq:
     items: tuple[Node, ...]
     path: SpecPath
 
-    def to_data(self) -> Any:
-        return [node_to_data(n) for n in self.items]
+    def to_data(self, ordered: bool = False) -> Any:
+        return [n.to_data(ordered) for n in self.items]
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return {"Sequential": self.to_data(ordered)}  # a graph entry: a mapping, so that it can take 'in'
+
+    def subnodes(self) -> Iterator[Node]:
+        yield from self.items
 
 
 @dataclass(frozen=True)
@@ -168,8 +189,16 @@ class Children:
     children: tuple[tuple[str, Node], ...]
     path: SpecPath
 
-    def to_data(self) -> Any:
-        return {k: node_to_data(v) for k, v in self.children}
+    def to_data(self, ordered: bool = False) -> Any:
+        # v1's form, also for the hash: v1 hashes must not change (so the order of named
+        # children is not in the hash; see the README's note on hashes)
+        return {k: v.to_data(ordered) for k, v in self.children}
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data(ordered)
+
+    def subnodes(self) -> Iterator[Node]:
+        yield from (child for _, child in self.children)
 
 
 @dataclass(frozen=True)
@@ -177,8 +206,14 @@ class Use:
     block: str
     path: SpecPath
 
-    def to_data(self) -> Any:
+    def to_data(self, ordered: bool = False) -> Any:
         return {"use": self.block}
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data()
+
+    def subnodes(self) -> Iterator[Node]:
+        yield from ()
 
 
 @dataclass(frozen=True)
@@ -206,8 +241,11 @@ class Op:
     def entry(self) -> OpType:
         return OPS[self.type]
 
-    def to_data(self) -> Any:
+    def to_data(self, ordered: bool = False) -> Any:
         return {self.type: dict(self.arguments) or None}
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data()
 
 
 @dataclass(frozen=True)
@@ -218,8 +256,11 @@ class Call:
     target: str
     path: SpecPath
 
-    def to_data(self) -> Any:
+    def to_data(self, ordered: bool = False) -> Any:
         return {"call": self.target}
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data()
 
 
 @dataclass(frozen=True)
@@ -236,14 +277,8 @@ class GraphNode:
     def refs(self) -> tuple[Ref, ...]:
         return (*self.args, *(r for _, r in self.kwargs))
 
-    def to_data(self) -> Any:
-        body = self.body
-        if isinstance(body, Seq):
-            data: dict[str, Any] = {"Sequential": body.to_data()}
-        elif isinstance(body, Layer):
-            data = {body.type: dict(body.arguments) or None}
-        else:
-            data = dict(body.to_data())
+    def to_data(self, ordered: bool = False) -> Any:
+        data = self.body.entry_data(ordered)
         data["in"] = {k: str(r) for k, r in self.kwargs} if self.kwargs else [str(r) for r in self.args]
         return data
 
@@ -282,19 +317,32 @@ class Graph:
     tensors: tuple[FreeTensor, ...]
     path: SpecPath
 
-    def to_data(self) -> Any:
+    def to_data(self, ordered: bool = False) -> Any:
+        """``ordered``: for the hash, which sorts mapping keys, the mappings whose order
+        means something (nodes and tensors: initialization and ``state_dict`` order;
+        inputs: ``forward``'s signature) become lists of ``[name, value]`` pairs."""
+
+        def mapping(pairs: list[tuple[str, Any]]) -> Any:
+            return [list(p) for p in pairs] if ordered else dict(pairs)
+
         data: dict[str, Any] = {}
         if any(i.example is not None for i in self.inputs):
-            data["inputs"] = {i.name: i.example.model_dump() if i.example else None for i in self.inputs}
+            data["inputs"] = mapping([(i.name, i.example.model_dump() if i.example else None) for i in self.inputs])
         else:
             data["inputs"] = [i.name for i in self.inputs]
-        data["nodes"] = {n.name: n.to_data() for n in self.nodes}
+        data["nodes"] = mapping([(n.name, n.to_data(ordered)) for n in self.nodes])
         data["outputs"] = [str(r) for r in self.outputs] if self.many else str(self.outputs[0])
         for kind, key in (("param", "params"), ("buffer", "buffers")):
-            mine = {t.name: t.to_data() for t in self.tensors if t.kind == kind}
+            mine = [(t.name, t.to_data()) for t in self.tensors if t.kind == kind]
             if mine:
-                data[key] = mine
+                data[key] = mapping(mine)
         return data
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data(ordered)
+
+    def subnodes(self) -> Iterator[Node]:
+        yield from (n.body for n in self.nodes if not isinstance(n.body, (Op, Call)))
 
     def node(self, name: str) -> GraphNode | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -303,21 +351,15 @@ class Graph:
 Node = Layer | Seq | Children | Use | Graph
 
 
-def node_to_data(node: Node) -> Any:
-    """The node in canonical surface form (arguments by name); valid input itself."""
-    return node.to_data()
+def node_to_data(node: Node, ordered: bool = False) -> Any:
+    """The node in canonical surface form (arguments by name); valid input itself.
+    ``ordered``: the form the spec hash is computed from (see :meth:`Graph.to_data`)."""
+    return node.to_data(ordered)
 
 
 def subnodes(node: Node) -> Iterator[Node]:
     """The nodes directly inside ``node`` (module arguments and graph entries included)."""
-    if isinstance(node, Seq):
-        yield from node.items
-    elif isinstance(node, Children):
-        yield from (child for _, child in node.children)
-    elif isinstance(node, Layer):
-        yield from (m for _, m in node.modules)
-    elif isinstance(node, Graph):
-        yield from (n.body for n in node.nodes if not isinstance(n.body, (Op, Call)))
+    return node.subnodes()
 
 
 def iter_uses(node: Node) -> Iterator[Use]:
@@ -663,8 +705,8 @@ class NodeParser:
             raw = {k: v for k, v in raw.items() if k != "in"}
         if isinstance(raw, str) and raw[:1].islower():
             body = self.op(raw, None, path, path)
-        elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) in OPS:
-            key = next(iter(raw))
+        elif isinstance(raw, dict) and len(raw) == 1 and _looks_like_op(next(iter(raw)), raw[next(iter(raw))]):
+            key = next(iter(raw))  # an op, or a slip for one ({trnspose: [1, 2]}): not a named child
             body = self.op(key, raw[key], path, (*path, key))
         elif isinstance(raw, dict) and "call" in raw:
             if len(raw) > 1 or not isinstance(raw["call"], str):
@@ -799,6 +841,33 @@ class NodeParser:
         return Op(type_name, arguments, values, path)
 
 
+def _looks_like_op(key: str, value: Any) -> bool:
+    """Whether a one-key lower-case entry of a graph's nodes is an op (or meant as one)
+    rather than one named child: an op's name, a name close to one, or a value that no
+    node can be (a number, null, a list of plain values)."""
+    if key in OPS:
+        return True
+    if not key[:1].islower():
+        return False
+    return (not _node_like(value) and closest(key, OPS) is not None) or _plain(value)
+
+
+def _plain(value: Any) -> bool:
+    """A value no node can be: null, a number, a list of numbers."""
+    if isinstance(value, list):
+        return not any(isinstance(v, (str, dict, list)) for v in value)
+    return value is None or isinstance(value, (int, float, bool))
+
+
+def _node_like(value: Any) -> bool:
+    """A layer name, a layer, ``{use: ...}`` or a list of those: what a named child holds."""
+    if isinstance(value, str):
+        return value[:1].isupper()
+    if isinstance(value, dict):
+        return any(k[:1].isupper() or k == "use" for k in value)
+    return isinstance(value, list) and bool(value) and all(_node_like(v) for v in value)
+
+
 def typing_is_list(p: registry.Param) -> bool:
     import typing
 
@@ -892,6 +961,8 @@ def schema_defs() -> dict[str, Any]:
                 "minProperties": 1,
                 "maxProperties": 2,
                 "additionalProperties": False,
+                "if": {"minProperties": 2},  # a layer, op, use or call, and at most 'in' beside it
+                "then": {"required": ["in"]},
             },
             {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1},
             {"$ref": "#/$defs/Graph"},

@@ -158,6 +158,8 @@ def _attention(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx
     kw = dict(args)
     if mask:
         kw["attn_mask"] = mask[0]
+    if kw.get("dropout_p"):  # as nn.MultiheadAttention does: dropout only while training
+        kw["dropout_p"] = g.call_function(operator.mul, (kw["dropout_p"], g.get_attr("training")))
     return g.call_function(F.scaled_dot_product_attention, (q, k, v), kw)
 
 
@@ -304,7 +306,7 @@ def _ops() -> dict[str, OpType]:
         ),
         OpType(
             "attention",
-            "F.scaled_dot_product_attention(q, k, v, mask)",
+            "F.scaled_dot_product_attention(q, k, v, mask); dropout_p only in training",
             (_p("is_causal", bool, False), _p("dropout_p", float, 0.0), _p("scale", float | None, None)),
             (3, 4),
             ("q", "k", "v", "mask"),

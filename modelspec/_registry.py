@@ -342,7 +342,7 @@ def bind_arguments(
     for i, (value, name) in enumerate(zip(args, names, strict=False)):
         bound[name] = (value, (i,))
     for key, value in kwargs.items():
-        if key in _FACTORY:
+        if key in _FACTORY and key not in names:  # an op may take one (`to: {dtype: ...}`)
             errors.append(
                 ArgError(
                     "bad-argument",

@@ -12,11 +12,13 @@ do not collide (``a`` and ``a.b`` cannot both be layers).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ._errors import Collector, did_you_mean
-from ._nodes import Call, Graph, GraphNode, Node, Op, iter_uses, subnodes
+from . import _registry as registry
+from ._errors import Collector, did_you_mean, format_path
+from ._nodes import Call, Children, Graph, GraphNode, Layer, Node, Op, Seq, Use, iter_uses, subnodes
 from ._spec import Spec
 
 __all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve"]
@@ -69,7 +71,59 @@ def graph_order(graph: Graph) -> list[GraphNode] | list[str]:
     return order
 
 
-def _check_graph(graph: Graph, errors: Collector) -> None:
+def _forward(node: Node | Op, blocks: dict[str, Node]) -> inspect.Signature | None:
+    """The inputs a graph node's module takes: its ``forward`` without ``self``."""
+    seen: set[str] = set()
+    while isinstance(node, Use) and node.block in blocks and node.block not in seen:
+        seen.add(node.block)
+        node = blocks[node.block]
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    if isinstance(node, (Seq, Children)):
+        return inspect.Signature([inspect.Parameter("input", plain)])
+    if isinstance(node, Graph):
+        return inspect.Signature([inspect.Parameter(i.name, plain) for i in node.inputs])
+    entry = registry.get_layer(node.type) if isinstance(node, Layer) else None
+    if entry is None:
+        return None
+    try:
+        signature = inspect.signature(entry.cls.forward)
+    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
+        return None
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
+def _check_inputs(node: GraphNode, blocks: dict[str, Node], errors: Collector) -> None:
+    """A module node's inputs must fit its forward: ``bad-arity`` before anything runs."""
+    signature = _forward(node.body, blocks)
+    if signature is None:
+        return
+    kinds = {p.kind for p in signature.parameters.values()}
+    names = [p.name for p in signature.parameters.values() if p.kind != p.VAR_POSITIONAL]
+    body = node.body
+    what = body.type if isinstance(body, Layer) else f"block '{body.block}'" if isinstance(body, Use) else "it"
+    for key, ref in node.kwargs:
+        if key not in names and inspect.Parameter.VAR_KEYWORD not in kinds:
+            hint = did_you_mean(key, names) or f"name one of {', '.join(names)}"
+            errors.add("bad-arity", f"{what} has no input '{key}': its forward takes {', '.join(names)}", ref.path,
+                       hint=hint)  # fmt: skip
+            return
+    try:
+        signature.bind(*node.args, **dict(node.kwargs))
+    except TypeError:
+        required = [p.name for p in signature.parameters.values() if p.default is p.empty and p.kind in
+                    (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]  # fmt: skip
+        count = len(node.args) + len(node.kwargs)
+        errors.add(
+            "bad-arity",
+            f"{what} takes {len(required)} input{'s' if len(required) != 1 else ''} ({', '.join(required)})"
+            + (f", up to {len(names)}" if len(names) > len(required) else "")
+            + f"; the node gives {count}",
+            (*node.path, "in"),
+            hint=f"e.g. 'in: [{', '.join(required)}]'" if len(required) > 1 else "give it one input",
+        )
+
+
+def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node]) -> None:
     names: dict[str, tuple[str, object]] = {}
     for kind, name, path in [
         *(("input", i.name, i.path) for i in graph.inputs),
@@ -84,7 +138,8 @@ def _check_graph(graph: Graph, errors: Collector) -> None:
     attributes = layers + [t.name for t in graph.tensors]
     for node in graph.nodes:
         if isinstance(node.body, Call) and node.body.target not in layers:
-            what = "an op" if node.body.target in names else "not a node"
+            kind = names[node.body.target][0] if node.body.target in names else None
+            what = {None: "not a node", "node": "not a layer node", "input": "an input"}.get(kind, f"a {kind}")
             errors.add(
                 "unknown-layer-node",
                 f"'call: {node.body.target}': '{node.body.target}' is {what} of this graph; "
@@ -109,7 +164,9 @@ def _check_graph(graph: Graph, errors: Collector) -> None:
                 hint=did_you_mean(ref.name, names) or f"it has: {', '.join(names)}",
             )
     for node in graph.nodes:
-        if any(r.name == node.name for r in node.refs):
+        if not isinstance(node.body, (Op, Call)):
+            _check_inputs(node, blocks, errors)
+        if names[node.name][0] == "node" and any(r.name == node.name for r in node.refs):
             errors.add("graph-cycle", f"node '{node.name}' reads its own output", node.path,
                        hint="read an earlier node or an input")  # fmt: skip
     order = graph_order(graph)
@@ -130,6 +187,116 @@ def _check_graph(graph: Graph, errors: Collector) -> None:
             }.get(kind, f"read it in a node's 'in:' (e.g. 'in: [x, {name}]'), or remove it")
             errors.add(f"unused-{kind}", f"{kind} '{name}' is never read: nothing uses what it computes"
                        if kind == "node" else f"{kind} '{name}' is never read", path, hint=fix)  # fmt: skip
+
+
+# ---------------------------------------------------------------- connections without an example
+_D, _CONV = (1, 2, 3), ("Conv", "ConvTranspose")
+#: layer type -> (the axis it reads and writes, its input size argument, its output size argument)
+_SIZES: dict[str, tuple[str, str | None, str]] = {
+    "Linear": ("features", "in_features", "out_features"),
+    "LazyLinear": ("features", None, "out_features"),
+    "Embedding": ("features", None, "embedding_dim"),
+    **{f"{kind}{d}d": ("channels", "in_channels", "out_channels") for kind in _CONV for d in _D},
+    **{f"Lazy{kind}{d}d": ("channels", None, "out_channels") for kind in _CONV for d in _D},
+    **{f"BatchNorm{d}d": ("channels", "num_features", "num_features") for d in _D},
+}  # fmt: skip
+#: layers and ops whose output has the size of their input
+_KEEPS = frozenset(
+    {"ReLU", "ReLU6", "GELU", "SiLU", "Tanh", "Sigmoid", "LeakyReLU", "ELU", "SELU", "Mish", "Softplus",
+     "Hardtanh", "Hardswish", "Softmax", "LogSoftmax", "Dropout", "Identity", "neg", "abs", "exp", "relu", "gelu",
+     "sigmoid", "tanh", "contiguous", "softmax", "log_softmax"}
+)  # fmt: skip
+#: layers that keep the channels (dim 1) but not the last dim
+_KEEPS_CHANNELS = frozenset(
+    {f"{kind}{d}d" for kind in ("MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "Dropout") for d in _D}
+)
+
+
+@dataclass(frozen=True)
+class _Size:
+    axis: str  # "features" (the last dim) or "channels" (dim 1)
+    size: int
+    by: str  # what gives it, for the message: "Linear(out_features=3) at model[0]"
+
+
+class _Connections:
+    """Without an example input the build runs no pass, so sizes that cannot meet would go
+    unnoticed until the first forward: follow the sizes the spec states (a Linear's
+    ``in_features`` after the ``out_features`` before it, a convolution's channels) along
+    every edge, through layers that keep them, and report where they disagree."""
+
+    def __init__(self, spec: Spec, errors: Collector) -> None:
+        self.spec, self.errors = spec, errors
+        self.reported: set[object] = set()
+
+    def node(self, node: Node, incoming: _Size | None) -> _Size | None:
+        if isinstance(node, Use):
+            block = self.spec.blocks.get(node.block)
+            return self.node(block, incoming) if block is not None else None
+        if isinstance(node, Seq):
+            for item in node.items:
+                incoming = self.node(item, incoming)
+            return incoming
+        if isinstance(node, Children):
+            for _, child in node.children:
+                incoming = self.node(child, incoming)
+            return incoming
+        if isinstance(node, Graph):
+            return self.graph(node, incoming)
+        return self.layer(node, incoming)
+
+    def layer(self, node: Layer, incoming: _Size | None) -> _Size | None:
+        if node.type in _KEEPS:
+            return incoming
+        if node.type in _KEEPS_CHANNELS:
+            return incoming if incoming is not None and incoming.axis == "channels" else None
+        if node.type not in _SIZES:
+            return None
+        axis, takes, gives = _SIZES[node.type]
+        want = node.values.get(takes) if takes else None
+        if (
+            incoming is not None
+            and incoming.axis == axis
+            and isinstance(want, int)
+            and want != incoming.size
+            and node.path not in self.reported
+        ):
+            self.reported.add(node.path)
+            self.errors.add(
+                "cannot-connect",
+                f"{node.type}({takes}={want}) cannot take what comes before it: {incoming.by} gives "
+                f"{incoming.size} {axis}",
+                node.path,
+                hint=f"make the sizes agree ({takes}: {incoming.size}?); with 'input: {{shape: [...]}}' the build "
+                "also checks every shape",
+            )
+        out = node.values.get(gives)
+        by = f"{node.type}({gives}={out}) at {format_path(node.path)}"
+        return _Size(axis, out, by) if isinstance(out, int) else None
+
+    def graph(self, graph: Graph, incoming: _Size | None) -> _Size | None:
+        order = graph_order(graph)
+        if order and isinstance(order[0], str):
+            return None  # a cycle: reported by the graph checks
+        sizes: dict[str, _Size | None] = {i.name: incoming if len(graph.inputs) == 1 else None for i in graph.inputs}
+        for gn in order:
+            assert isinstance(gn, GraphNode)
+            first = gn.args[0] if len(gn.args) == 1 and not gn.kwargs else None
+            given = sizes.get(first.name) if first is not None and not first.index else None
+            if isinstance(gn.body, Op):
+                sizes[gn.name] = given if gn.body.type in _KEEPS else None
+            elif isinstance(gn.body, Call):  # the called layer's output again
+                sizes[gn.name] = sizes.get(gn.body.target)
+            else:
+                sizes[gn.name] = self.node(gn.body, given)
+        out = graph.outputs[0] if len(graph.outputs) == 1 and not graph.many else None
+        return sizes.get(out.name) if out is not None and not out.index else None
+
+
+def _has_example(spec: Spec, node: Node) -> bool:
+    if isinstance(node, Graph) and any(i.example is not None for i in node.inputs):
+        return True
+    return spec.input is not None
 
 
 def resolve(spec: Spec) -> Resolved:
@@ -187,7 +354,12 @@ def resolve(spec: Spec) -> Resolved:
             )
     for root in [*spec.blocks.values(), *spec.roots.values()]:
         for graph in iter_graphs(root):
-            _check_graph(graph, errors)
+            _check_graph(graph, errors, spec.blocks)
+    errors.raise_if_errors()  # the sizes below follow only sound references
+    connections = _Connections(spec, errors)
+    for root in spec.roots.values():
+        if not _has_example(spec, root):
+            connections.node(root, None)
     errors.raise_if_errors()
     return Resolved(spec=_with_warnings(spec, errors), order=tuple(order))
 

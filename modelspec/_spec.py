@@ -146,8 +146,9 @@ class Spec:
         assert self.model is not None
         return {"": self.model}
 
-    def to_data(self) -> dict[str, Any]:
-        """The spec in canonical surface form (arguments by name); valid input itself."""
+    def to_data(self, ordered: bool = False) -> dict[str, Any]:
+        """The spec in canonical surface form (arguments by name); valid input itself.
+        ``ordered``: the form the hash is computed from (a graph's nodes as a list)."""
         data: dict[str, Any] = {"modelspec": FORMAT_VERSION}
         if self.name is not None:
             data["name"] = self.name
@@ -157,11 +158,11 @@ class Spec:
         if self.input is not None:
             data["input"] = self.input.model_dump()
         if self.blocks:
-            data["blocks"] = {k: node_to_data(v) for k, v in self.blocks.items()}
+            data["blocks"] = {k: node_to_data(v, ordered) for k, v in self.blocks.items()}
         if self.models is not None:
-            data["models"] = {k: node_to_data(v) for k, v in self.models.items()}
+            data["models"] = {k: node_to_data(v, ordered) for k, v in self.models.items()}
         else:
-            data["model"] = node_to_data(self.model)  # type: ignore[arg-type]
+            data["model"] = node_to_data(self.model, ordered)  # type: ignore[arg-type]
         if self.ties:  # absent when empty: specs without ties keep their hash
             data["ties"] = [t.to_data() for t in self.ties]
         return data
@@ -255,5 +256,5 @@ def parse(doc: Document) -> Spec:
 def canonical_sha256(spec: Spec) -> str:
     """sha256 of the spec in canonical form: formatting, comments, anchors and the
     positional/keyword style of arguments do not change it; any change to the model does."""
-    text = json.dumps(spec.to_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(spec.to_data(ordered=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
