@@ -52,6 +52,12 @@ def row(name: str, ours: float, theirs: float, target: float | None) -> tuple[Ro
     return (name, f"{ours:.3f} s vs {theirs:.3f} s", f"{ratio:.2f}x", goal), ok
 
 
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def forwards(model: Callable[[torch.Tensor], object], x: torch.Tensor, n: int) -> Callable[[], object]:
     return lambda: [model(x) for _ in range(n)]
 
@@ -69,7 +75,7 @@ def resnet_twin() -> torch.nn.Module:
 CASES = {
     # name: (spec, twin, example input, forward passes per timing)
     "GPT-2 small": ("specs/zoo/gpt2.yaml", gpt2_twin, lambda: torch.randint(0, 50257, (1, 128)), 5),
-    "ResNet-18": ("specs/zoo/resnet18.yaml", resnet_twin, lambda: torch.rand(2, 3, 160, 160), 3),
+    "ResNet-18": ("specs/zoo/resnet18.yaml", resnet_twin, lambda: torch.rand(2, 3, 160, 160), 5),
 }
 
 
@@ -86,6 +92,8 @@ def bench(repeat: int, compile_too: bool) -> tuple[list[Row], bool]:
         path = ROOT / spec
         build_s, twin_s = alternate(lambda p=path: modelspec.build(p), twin, repeat)
         add(row(f"{name}: build from spec vs construct twin", build_s, twin_s, 1.05))
+        read_s = min(timed(lambda p=path: modelspec.compile_spec(p)) for _ in range(repeat))
+        rows.append((f"{name}: of which reading + validating the spec", f"{read_s * 1000:.0f} ms", "", "—"))
 
         built, hand = modelspec.build(path).eval(), twin().eval()
         hand.load_state_dict(built.state_dict())
@@ -94,13 +102,13 @@ def bench(repeat: int, compile_too: bool) -> tuple[list[Row], bool]:
             assert torch.allclose(built(x), hand(x), atol=1e-4), f"{name}: outputs differ"
             for _ in range(2):  # warm up both
                 built(x), hand(x)
-            ours, theirs = alternate(forwards(built, x, passes), forwards(hand, x, passes), repeat * 2)
+            ours, theirs = alternate(forwards(built, x, passes), forwards(hand, x, passes), repeat * 4)
         add(row(f"{name}: forward, eager ({passes} passes)", ours, theirs, 1.02))
         if compile_too:
             cb, ch = torch.compile(built), torch.compile(hand)
             with torch.no_grad():
                 cb(x), ch(x)  # compiles
-                ours, theirs = alternate(forwards(cb, x, passes), forwards(ch, x, passes), repeat * 2)
+                ours, theirs = alternate(forwards(cb, x, passes), forwards(ch, x, passes), repeat * 4)
             add(row(f"{name}: forward, torch.compile ({passes} passes)", ours, theirs, 1.02))
     return rows, all_ok
 

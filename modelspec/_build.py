@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
-from ._flow import GraphInfo, build_graph
+from ._flow import GraphInfo
 from ._fmt import human_bytes
 from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Seq, Use, iter_uses
@@ -85,17 +84,7 @@ class _Builder:
         self.graphs: dict[int, GraphInfo] = {}  # id(GraphModule) -> its graph
 
     def node(self, node: Node) -> nn.Module:
-        if isinstance(node, Use):
-            return self.blocks[node.block]
-        if isinstance(node, Layer):
-            module = self.layer(node)
-        elif isinstance(node, Seq):
-            module = nn.Sequential(*(self.node(n) for n in node.items))
-        elif isinstance(node, Graph):
-            module = build_graph(node, self)
-        else:
-            assert isinstance(node, Children)
-            module = nn.Sequential(OrderedDict((k, self.node(v)) for k, v in node.children))
+        module = node.build(self)  # each kind builds itself (see _nodes); a use returns its block
         self.paths.setdefault(id(module), node.path)
         return module
 

@@ -51,7 +51,7 @@ def test_v1_forms_hash_is_unchanged(name: str) -> None:
 
 
 def test_each_node_kind_is_defined_in_one_class() -> None:
-    """Canonical form, graph-entry form and contained nodes live on each kind's class,
+    """Canonical form, graph-entry form, contained nodes and building live on each kind's class,
     and every kind of the union is in the schema's node grammar."""
     import typing
 
@@ -60,7 +60,7 @@ def test_each_node_kind_is_defined_in_one_class() -> None:
     kinds = typing.get_args(_nodes.Node)
     assert {k.__name__ for k in kinds} == {"Layer", "Seq", "Children", "Use", "Graph"}
     for kind in kinds:
-        for method in ("to_data", "entry_data", "subnodes"):
+        for method in ("to_data", "entry_data", "subnodes", "build"):
             assert method in vars(kind), (kind.__name__, method)
     assert "to_data" in vars(_nodes.Op) and "entry_data" in vars(_nodes.Op)
     defs = _nodes.schema_defs()
