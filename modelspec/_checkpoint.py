@@ -463,20 +463,19 @@ def load_checkpoint(module: nn.Module, path: Path, *, spec_sha256: str) -> dict[
 
 
 def _tie_difference(path: Path, model: dict[str, str], file: dict[str, str]) -> str:
-    lines = [f"{path}: the checkpoint's ties differ from the model's"]
-    for alias in sorted(set(model) | set(file)):
-        if model.get(alias) != file.get(alias):
-            have = f"shares '{model[alias]}'" if alias in model else "is its own tensor"
-            want = f"shares '{file[alias]}'" if alias in file else "is its own tensor"
-            lines.append(f"  '{alias}': in the model it {have}, in the file it {want}")
-    return "\n".join(lines[:12])
+    return _difference(path, "ties", model, file, "shares '{}'", "is its own tensor")
 
 
 def _transposed_difference(path: Path, model: dict[str, str], file: dict[str, str]) -> str:
-    lines = [f"{path}: the checkpoint's transposed ties differ from the model's"]
+    return _difference(path, "transposed ties", model, file, "reads '{}' transposed", "is not read transposed")
+
+
+def _difference(path: Path, what: str, model: dict[str, str], file: dict[str, str], tied: str, untied: str) -> str:
+    """Up to 11 names whose tie differs between the model and the file, each said both ways."""
+    lines = [f"{path}: the checkpoint's {what} differ from the model's"]
     for name in sorted(set(model) | set(file)):
         if model.get(name) != file.get(name):
-            have = f"reads '{model[name]}' transposed" if name in model else "is not read transposed"
-            want = f"reads '{file[name]}' transposed" if name in file else "is not read transposed"
+            have = tied.format(model[name]) if name in model else untied
+            want = tied.format(file[name]) if name in file else untied
             lines.append(f"  '{name}': in the model it {have}, in the file it {want}")
     return "\n".join(lines[:12])

@@ -37,19 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["GraphInfo", "SpecGraphModule", "build_graph", "place"]
 
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
-}
-
 
 @dataclass(frozen=True)
 class GraphInfo:
@@ -83,7 +70,7 @@ def place(root: nn.Module, name: str, value: nn.Module | torch.Tensor, *, buffer
 def _free_tensor(t: FreeTensor) -> torch.Tensor:
     """A free parameter or buffer, initialized as the spec says (draws are portable: see _rng)."""
     spec = t.spec
-    dtype = _DTYPES[spec.dtype]
+    dtype = getattr(torch, spec.dtype)
     init = spec.init
     if init == "ones":
         value = torch.ones(spec.shape, dtype=dtype)
@@ -166,7 +153,7 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     """Build ``graph``'s modules and tensors, then generate its forward."""
     root = nn.Module()
     for t in graph.tensors:
-        dtype = _DTYPES[t.spec.dtype]
+        dtype = getattr(torch, t.spec.dtype)
         try:
             what = f"{t.kind} '{t.name}' {t.spec.shape}"
             with allocating(tensor_bytes(t.spec.shape, dtype), torch.get_default_device(), what, "make it smaller"):

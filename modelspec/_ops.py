@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ._registry import Param
+from ._registry import Param, arguments_schema
 
 __all__ = ["OPS", "OpType", "op_names"]
 
@@ -64,22 +64,8 @@ class OpType:
         description = f"{self.name}: {self.doc}; takes {self.arity()}"
         if not self.params:
             return {"type": "null", "description": description}
-        props = {p.name: p.json_schema() for p in self.params}
-        kwargs = {"type": "object", "properties": props, "additionalProperties": False}
-        required = [p.name for p in self.params if p.required]
-        return {
-            "description": f"{description}; arguments: {', '.join(self.param_names)}",
-            "anyOf": [
-                {"type": "null"} if not required else {"not": {}},
-                {"type": ["number", "string", "boolean", "array"], "description": "the first argument alone"},
-                {
-                    "type": "array",
-                    "description": "positional arguments; a mapping last gives keywords",
-                    "items": {"anyOf": [{"type": ["number", "string", "boolean", "array", "null"]}, kwargs]},
-                },
-                {**kwargs, "required": required} if required else kwargs,
-            ],
-        }
+        description += f"; arguments: {', '.join(self.param_names)}"
+        return arguments_schema(self.params, description, ["number", "string", "boolean", "array"])
 
 
 def _p(

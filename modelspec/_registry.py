@@ -155,22 +155,30 @@ class LayerType:
         doc = (inspect.getdoc(self.cls) or "").split("\n\n")[0].replace("\n", " ")
         if not self.params:
             return {"type": "null", "description": f"torch.nn.{self.name}: {doc}"}
-        props = {p.name: p.json_schema() for p in self.params}
-        kwargs = {"type": "object", "properties": props, "additionalProperties": False}
-        required = [p.name for p in self.params if p.required]
-        return {
-            "description": f"torch.nn.{self.name}({', '.join(self.param_names)}): {doc}",
-            "anyOf": [
-                {"type": "null"} if not required else {"not": {}},
-                {"type": ["number", "string", "boolean"], "description": "the first argument alone"},
-                {
-                    "type": "array",
-                    "description": "positional arguments; a mapping last gives keywords",
-                    "items": {"anyOf": [{"type": ["number", "string", "boolean", "array", "null"]}, kwargs]},
-                },
-                {**kwargs, "required": required} if required else kwargs,
-            ],
-        }
+        description = f"torch.nn.{self.name}({', '.join(self.param_names)}): {doc}"
+        return arguments_schema(self.params, description, ["number", "string", "boolean"])
+
+
+def arguments_schema(params: tuple[Param, ...], description: str, alone: list[str]) -> dict[str, Any]:
+    """The forms a layer's or an op's arguments take: null (when none is required), the
+    first argument alone (of the JSON types ``alone``), positional values with keywords in
+    a mapping last, or a mapping of keywords."""
+    props = {p.name: p.json_schema() for p in params}
+    kwargs = {"type": "object", "properties": props, "additionalProperties": False}
+    required = [p.name for p in params if p.required]
+    return {
+        "description": description,
+        "anyOf": [
+            {"type": "null"} if not required else {"not": {}},
+            {"type": alone, "description": "the first argument alone"},
+            {
+                "type": "array",
+                "description": "positional arguments; a mapping last gives keywords",
+                "items": {"anyOf": [{"type": ["number", "string", "boolean", "array", "null"]}, kwargs]},
+            },
+            {**kwargs, "required": required} if required else kwargs,
+        ],
+    }
 
 
 class ArgError(Exception):
