@@ -186,16 +186,31 @@ def apply_ties(root: nn.Module, ties: Sequence[Any], errors: Collector) -> None:
         elif a.dtype != b.dtype or a.device != b.device:
             errors.add("tie-dtype", f"'{tie.param}' is {a.dtype} on {a.device}, '{tie.to}' is {b.dtype} on {b.device}",
                        tie.path)  # fmt: skip
+    for tie in ok:
+        if tie.to in targets and targets[tie.to].transposed:
+            source = targets[tie.to].to
+            errors.add(
+                "tie-chain",
+                f"'{tie.to}' reads '{source}' transposed and holds no tensor of its own: '{tie.param}' cannot be it",
+                (*tie.path, "to"),
+                hint=f"tie '{tie.param}' to '{source}'" + ("" if tie.transposed else " (transposed: true)"),
+            )
     if errors.errors:
         return
+
+    def final(name: str) -> str:  # a -> b and b -> c: a, b and c are c's parameter
+        while name in targets:
+            name = targets[name].to
+        return name
+
     for tie in ok:
         owner_name, attr = _split(tie.param)
         owner = root.get_submodule(owner_name)
         source_name, source_attr = _split(tie.to)
-        if tie.transposed:
+        if tie.transposed:  # reads the source module's attribute live: later ties there are seen
             _make_transposed(owner, attr, root.get_submodule(source_name), source_attr)
         else:
-            owner._parameters[attr] = root.get_parameter(tie.to)
+            owner._parameters[attr] = root.get_parameter(final(tie.to))
 
 
 def check_ties(module: nn.Module, ties: Sequence[Any]) -> list[str]:

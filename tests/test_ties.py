@@ -114,3 +114,27 @@ def test_torch_compile_matches_eager() -> None:
     out.sum().backward()
     assert len(list(m.parameters())) == 3 and _is_linked(m)
     torch.testing.assert_close(m.encoder.weight.grad, eager.encoder.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chain_of_ties_is_one_parameter_in_any_order() -> None:
+    """a -> b and b -> c (or the other way round in the list): all three are c's parameter."""
+    head = "modelspec: 1\ninput: {shape: [2, 4]}\nmodel:\n  nodes:\n    a: {Linear: [4, 4]}\n    b: {Linear: [4, 4]}\n"
+    head += "    c: {Linear: [4, 4]}\n"
+    for ties in (["a.weight", "b.weight"], ["b.weight", "a.weight"]):
+        lines = "".join(f"  - {{param: {p}, to: {'b.weight' if p == 'a.weight' else 'c.weight'}}}\n" for p in ties)
+        m = modelspec.build(head + "ties:\n" + lines)
+        assert m.a.weight is m.b.weight is m.c.weight
+        assert len(list(m.parameters())) == 4  # c.weight and three biases
+
+
+def test_a_tie_to_a_parameter_read_transposed_is_refused() -> None:
+    spec = (
+        "modelspec: 1\ninput: {shape: [2, 4]}\nmodel:\n  nodes:\n    enc: {Linear: [4, 3]}\n"
+        "    dec: {Linear: [3, 4]}\n    other: {Linear: [3, 4], in: enc}\n  outputs: [dec, other]\n"
+        "ties:\n  - {param: dec.weight, to: enc.weight, transposed: true}\n  - {param: other.weight, to: dec.weight}\n"
+    )
+    with pytest.raises(modelspec.SpecError) as info:
+        modelspec.build(spec)
+    (d,) = info.value.diagnostics
+    assert d.code == "tie-chain" and d.path == ("ties", 1, "to") and (d.line, d.column) == (11, 27)
+    assert "enc.weight" in (d.hint or "")
