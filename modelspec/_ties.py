@@ -248,8 +248,17 @@ def retie_module(module: nn.Module, ties: Sequence[Any], *, verify: bool = True)
     values (transposed: the one is the other transposed); otherwise TieMismatchError
     names both. Returns how many ties were restored.
     """
+    same = {t.param: t for t in ties if not t.transposed}
+
+    def hops(name: str) -> int:  # a -> b -> c: b -> c is restored first, then a -> b
+        seen: set[str] = set()
+        while name in same and name not in seen:
+            seen.add(name)
+            name = same[name].to
+        return len(seen)
+
     restored = 0
-    for tie in ties:
+    for tie in sorted(ties, key=lambda t: hops(t.to)):
         if not check_ties(module, [tie]):
             continue
         owner_name, attr = _split(tie.param)

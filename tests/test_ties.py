@@ -138,3 +138,14 @@ def test_a_tie_to_a_parameter_read_transposed_is_refused() -> None:
     (d,) = info.value.diagnostics
     assert d.code == "tie-chain" and d.path == ("ties", 1, "to") and (d.line, d.column) == (11, 27)
     assert "enc.weight" in (d.hint or "")
+
+
+def test_retie_restores_a_chain_of_ties_after_to_empty() -> None:
+    spec = (
+        "modelspec: 1\ninput: {shape: [2, 4]}\nmodel:\n  nodes:\n    a: {Linear: [4, 4]}\n    b: {Linear: [4, 4]}\n"
+        "    c: {Linear: [4, 4]}\nties:\n  - {param: a.weight, to: b.weight}\n  - {param: b.weight, to: c.weight}\n"
+    )
+    m = modelspec.build(spec, device="meta").to_empty(device="cpu")
+    assert m.a.weight is not m.b.weight  # to_empty broke the chain
+    modelspec.retie(m, verify=False)
+    assert m.a.weight is m.b.weight is m.c.weight
