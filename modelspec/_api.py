@@ -16,11 +16,11 @@ import safetensors
 import torch
 import torch.nn as nn
 
-from ._build import DTYPES, BuildInfo, build_module
+from ._build import DTYPES, BuildInfo, _examples, build_module
 from ._checkpoint import Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
-from ._errors import BuildDirError, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
+from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir, check_target, recover
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
@@ -609,27 +609,41 @@ def _diff_side(side: str | os.PathLike[str] | Report) -> tuple[Report, Callable[
     return target.report, target.weights
 
 
-def grads(module: nn.Module, x: torch.Tensor | None = None, *, batch: int | None = None, loss: Loss = "sum",
-          seed: int = 0) -> GradReport:  # fmt: skip
+def grads(module: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...] | None = None, *, batch: int | None = None,
+          loss: Loss = "sum", seed: int = 0) -> GradReport:  # fmt: skip
     """One forward/backward pass; gradient norms and each shared block's per-use contributions.
 
     Args:
-        x: the input; by default a random batch shaped like the spec's ``input``
-            (``batch`` replaces its first dimension), seeded by ``seed``.
+        x: the input (a tuple for a graph with several inputs); by default a random batch
+            shaped like the spec's example input(s) (``batch`` replaces their first
+            dimension), seeded by ``seed``.
         loss: ``"sum"`` of the outputs, or ``"mse"`` against zeros.
 
     Raises:
-        UsageError: ``no-input`` (no ``x`` and no ``input`` in the spec), ``too-large``
+        UsageError: ``no-input`` (no ``x`` and no example input in the spec), ``too-large``
         (the batch or the pass does not fit in memory: checked before allocating),
         or the input does not fit the model.
     """
     info = _INFO.get(module)
-    if x is None:
-        if info is None or info.spec.input is None:
-            raise UsageError("no input given and the module's spec has no 'input'", code="no-input")
-        shape = [batch if i == 0 and batch is not None else n for i, n in enumerate(info.spec.input.shape)]
-        dtype = DTYPES[info.spec.input.dtype]
-        with allocating(tensor_bytes(shape, dtype), torch.device("cpu"), f"a batch {shape} {info.spec.input.dtype}",
-                        "use a smaller batch (--batch N)"):  # fmt: skip
-            x = example_batch(info.spec.input, batch, seed)
-    return gradients(module, x, loss=loss, seed=seed, info=info)
+    if x is not None:
+        return gradients(module, x, loss=loss, seed=seed, info=info)
+    if info is None:
+        raise UsageError("no input given and modelspec does not know this module's spec", code="no-input")
+    inputs: dict[str, tuple[torch.Tensor, ...]] = {}
+    for name in info.spec.roots:
+        examples = _examples(info.spec, name, Collector())
+        if examples is None:
+            which = f" of model '{name}'" if name else ""
+            raise UsageError(f"no input given and the spec has no example input{which}", code="no-input")
+        batches = []
+        for i, (example, _) in enumerate(examples):
+            shape = [batch if d == 0 and batch is not None else n for d, n in enumerate(example.shape)]
+            dtype = DTYPES[example.dtype]
+            with allocating(tensor_bytes(shape, dtype), torch.device("cpu"), f"a batch {shape} {example.dtype}",
+                            "use a smaller batch (--batch N)"):  # fmt: skip
+                batches.append(example_batch(example, batch, seed + i))
+        inputs[name] = tuple(batches)
+    if info.spec.models is None:
+        only = inputs[""]
+        return gradients(module, only[0] if len(only) == 1 else only, loss=loss, seed=seed, info=info)
+    return gradients(module, inputs, loss=loss, seed=seed, info=info)

@@ -73,7 +73,8 @@ class GroupGrads(FrozenModel):
 class GradReport(FrozenModel):
     loss: Loss
     loss_value: float
-    input_shape: list[int]
+    input_shape: list[int]  # the first input's
+    input_shapes: list[list[int]] = Field(default_factory=list)  # every input's, in order (graphs take several)
     seed: int
     tensors: list[TensorGrad]
     groups: list[GroupGrads]
@@ -221,17 +222,40 @@ def example_batch(spec_input: Any, batch: int | None = None, seed: int = 0) -> t
     return torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
 
 
-def _forward(module: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, tuple[torch.Tensor, ...]]
+
+
+def _forward(module: nn.Module, x: Inputs) -> list[torch.Tensor]:
+    """Run each model on its inputs: one tensor, a tuple (a graph with several inputs), or,
+    for several models, a tuple per model name."""
+
+    def run(m: nn.Module, inputs: Any) -> Any:
+        return m(*inputs) if isinstance(inputs, tuple) else m(inputs)
+
     if isinstance(module, nn.ModuleDict):
-        return [m(x) for m in module.values()]
-    return [module(x)]
+        return [run(m, x[name] if isinstance(x, dict) else x) for name, m in module.items()]
+    return [run(module, x)]
+
+
+def _shapes(x: Inputs) -> list[list[int]]:
+    if isinstance(x, dict):
+        return [shape for v in x.values() for shape in _shapes(v)]
+    return [list(t.shape) for t in (x if isinstance(x, tuple) else (x,))]
+
+
+def _describe(x: Inputs) -> str:
+    if isinstance(x, dict):
+        return "; ".join(f"{name}: {_describe(v)}" for name, v in x.items())
+    tensors = x if isinstance(x, tuple) else (x,)
+    shown = ", ".join(f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in tensors)
+    return f"the input{'s' if len(tensors) > 1 else ''} {shown}"
 
 
 def _norm(t: torch.Tensor | None) -> float:
     return 0.0 if t is None else float(torch.linalg.vector_norm(t.detach().double()))
 
 
-def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: int = 0,
+def gradients(module: nn.Module, x: Inputs, *, loss: Loss = "sum", seed: int = 0,
               info: BuildInfo | None = None) -> GradReport:  # fmt: skip
     """One forward and backward pass on ``x``; per-tensor gradient norms and, for every
     tie group, each use's contribution and how closely their sum matches ``.grad``.
@@ -255,7 +279,7 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     try:
         with torch.random.fork_rng(devices=[]), _recording(module, tie_groups, calls):
             torch.manual_seed(seed)
-            described = f"the input {list(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+            described = _describe(x)
             try:
                 try:
                     outs = _forward(module, x)
@@ -300,7 +324,8 @@ def gradients(module: nn.Module, x: torch.Tensor, *, loss: Loss = "sum", seed: i
     return GradReport(
         loss=loss,
         loss_value=float(total.detach()),
-        input_shape=list(x.shape),
+        input_shape=_shapes(x)[0],
+        input_shapes=_shapes(x),
         seed=seed,
         tensors=tensors,
         groups=groups,
@@ -340,7 +365,9 @@ def _group_grads(
 
 def render_grads_text(r: GradReport) -> str:
     """Gradient norms per tensor, then each tie group's per-use contributions and their sum."""
-    out = [f"loss '{r.loss}' = {r.loss_value:.6g} on input {list(r.input_shape)} (seed {r.seed})", ""]
+    shapes = r.input_shapes or [r.input_shape]
+    on = f"input {shapes[0]}" if len(shapes) == 1 else "inputs " + ", ".join(map(str, shapes))
+    out = [f"loss '{r.loss}' = {r.loss_value:.6g} on {on} (seed {r.seed})", ""]
     rows = [[t.name + (f" (+{len(t.aliases) - 1})" if len(t.aliases) > 1 else ""), f"{t.numel:,}",
              "—" if t.grad_norm is None else f"{t.grad_norm:.6g}"] for t in r.tensors]  # fmt: skip
     out.append(text_table(["tensor", "numel", "|grad|"], rows, right={1, 2}, max_width={0: 60}))

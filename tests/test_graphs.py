@@ -402,3 +402,21 @@ model:
     h = first.attn.c_proj(first.attn.c_attn(x).chunk(3, -1)[0]) + x
     h = second.attn.c_proj(second.attn.c_attn(h).chunk(3, -1)[0]) + h
     torch.testing.assert_close(model(x), model.lm_head(h), rtol=0, atol=0)
+
+
+def test_grads_of_a_graph_with_two_inputs() -> None:
+    """`grads` without an input uses each graph input's example; with a tuple, those tensors."""
+    from conftest import ROOT
+
+    model = modelspec.build(ROOT / "specs" / "zoo" / "siamese.yaml")
+    report = modelspec.grads(model)
+    assert report.input_shapes == [[4, 16], [4, 16]] and report.input_shape == [4, 16]
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.rand(4, 16, generator=g), torch.rand(4, 16, generator=g)
+    report = modelspec.grads(model, (a, b))
+    reference = copy.deepcopy(model)
+    reference.zero_grad()
+    reference(a, b).sum().backward()
+    norms = {t.name: t.grad_norm for t in report.tensors}
+    for name, p in reference.named_parameters():
+        assert norms[name] == pytest.approx(float(p.grad.double().norm()), rel=1e-6), name
