@@ -473,17 +473,20 @@ def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = Tr
         >>> modelspec.retie(model).lm_head.weight is model.transformer.wte.weight
         True
     """
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model itself
+    if not isinstance(inner, nn.Module):
+        inner = model
     if spec is not None:
         ties = compile_spec(spec).spec.ties
     else:
-        info = _INFO.get(model)
+        info = _INFO.get(inner)
         if info is None:
             raise UsageError(
                 "modelspec does not know this module's spec: pass spec=... (the spec's path or text)", code="no-spec"
             )
         ties = info.spec.ties
-    retie_module(model, ties, verify=verify)
-    problems = check_ties(model, ties)
+    retie_module(inner, ties, verify=verify)
+    problems = check_ties(inner, ties)
     if problems:  # e.g. a module between them was replaced by one that cannot hold the tie
         raise TieMismatchError("cannot restore the ties: " + "; ".join(problems[:8]), code="tie-mismatch")
     return model

@@ -173,3 +173,17 @@ def test_torch_export_round_trip_breaks_the_tie_save_refuses_retie_restores(tmp_
     assert _tied(loaded) and torch.equal(loaded(TOKENS), m(TOKENS))
     modelspec.save(loaded, tmp_path / "b", spec=LM)
     assert _tied(modelspec.load(tmp_path / "b"))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
+def test_retie_reaches_through_torch_compile() -> None:
+    """torch.compile wraps the model (its keys gain '_orig_mod.'); retie restores the model inside."""
+    spec = (
+        "modelspec: 1\ninput: {shape: [2, 3], dtype: int64}\nmodel:\n  nodes:\n    emb: {Embedding: [10, 4]}\n"
+        "    head: {Linear: [4, 10, {bias: false}]}\nties:\n  - {param: head.weight, to: emb.weight}\n"
+    )
+    model = modelspec.build(spec)
+    compiled = torch.compile(model)  # nothing is compiled until it is called
+    model.head.weight = torch.nn.Parameter(model.emb.weight.detach().clone())
+    assert modelspec.retie(compiled) is compiled
+    assert model.head.weight is model.emb.weight
