@@ -647,12 +647,6 @@ def _examples(spec: Spec, model: str, errors: Collector) -> list[tuple[InputSpec
     return [(spec.input, "input.shape")] if spec.input is not None else None
 
 
-def example_input(spec: Spec, device: Any = "cpu") -> torch.Tensor:
-    """Zeros shaped like the spec's top-level example input."""
-    assert spec.input is not None
-    return example_tensor(spec.input, device)
-
-
 def example_tensor(example: InputSpec, device: Any = "cpu", where: str = "input.shape") -> torch.Tensor:
     """Zeros shaped like an example input, for the sizing pass.
 

@@ -33,6 +33,7 @@ unknown layer with a suggestion instead of being taken for a child.
 from __future__ import annotations
 
 import re
+import typing
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -890,8 +891,6 @@ def _node_like(value: Any) -> bool:
 
 
 def typing_is_list(p: registry.Param) -> bool:
-    import typing
-
     return typing.get_origin(p.annotation) is list
 
 
