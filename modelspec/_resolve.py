@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import _registry as registry
 from ._errors import Collector, did_you_mean, format_path
@@ -164,7 +164,11 @@ def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node]) -> No
                 hint=did_you_mean(ref.name, names) or f"it has: {', '.join(names)}",
             )
     for node in graph.nodes:
-        if not isinstance(node.body, (Op, Call)):
+        if isinstance(node.body, Call):  # the called layer's forward decides what it takes
+            target = graph.node(node.body.target)
+            if target is not None and not isinstance(target.body, (Op, Call)):
+                _check_inputs(replace(node, body=target.body), blocks, errors)
+        elif not isinstance(node.body, Op):
             _check_inputs(node, blocks, errors)
         if names[node.name][0] == "node" and any(r.name == node.name for r in node.refs):
             errors.add("graph-cycle", f"node '{node.name}' reads its own output", node.path,
