@@ -1,9 +1,9 @@
-"""Property-based fuzzing: generated valid specs, and mutations of their data, their YAML text,
-their checkpoints and their reports. Whatever the input, ``validate``, ``build``, ``write_build``
+"""Property-based fuzzing: generated valid specs, and mutations of their data (and of graph
+specs' data), their YAML text, their checkpoints and their reports. Whatever the input, ``validate``, ``build``, ``write_build``
 + ``load`` and ``diff`` either succeed or raise :class:`modelspec.ModelspecError`; the CLI exits
 0, 1 or 2, never 70 (internal error).
 
-The default run tries about 2,200 examples; ``pytest -m fuzz tests/test_fuzz.py`` runs the
+The default run tries about 2,500 examples; ``pytest -m fuzz tests/test_fuzz.py`` runs the
 same properties with ten times as many (the ``fuzz`` marker is deselected by default).
 Examples are derandomized and no example database is written, so CI runs are reproducible.
 """
@@ -33,7 +33,7 @@ from modelspec.cli import main
 T = TypeVar("T")
 
 #: examples per property in the default run; the long run (``-m fuzz``) multiplies them by LONG
-BUDGET = {"valid": 150, "data": 800, "text": 800, "build": 40, "checkpoint": 200, "report": 200}
+BUDGET = {"valid": 150, "data": 800, "graph": 300, "text": 800, "build": 40, "checkpoint": 200, "report": 200}
 LONG = 10
 _COMMON = {
     "derandomize": True,
@@ -248,7 +248,59 @@ def _copy(data: Any) -> Any:
 @st.composite
 def mutated_data(draw: st.DrawFn) -> Any:
     """A valid spec's data with one to three structural changes."""
-    data = _copy(draw(valid_spec()))
+    return _mutate(draw, _copy(draw(valid_spec())))
+
+
+#: Graph specs to mutate: small zoo models and one that uses most graph forms (several typed
+#: inputs, free tensors, tuple picks, ops, 'call', a tie).
+GRAPH_SEEDS = [
+    *(yaml.safe_load((Path(__file__).resolve().parent.parent / "specs" / "zoo" / f).read_text(encoding="utf-8"))
+      for f in ("siamese.yaml", "tied_autoencoder.yaml", "unet.yaml")),
+    yaml.safe_load("""
+modelspec: 1
+model:
+  inputs: {idx: {shape: [2, 6], dtype: int64}, mask: {shape: [2, 6], dtype: bool}}
+  params: {cls: {shape: [1, 1, 8], init: {normal: {std: 0.02}}}}
+  buffers: {scale: {shape: [1], init: ones, persistent: false}}
+  nodes:
+    pos: {arange: {dim: 1}, in: idx}
+    emb.tok: {Embedding: [20, 8], in: idx}
+    emb.pos: {Embedding: [6, 8], in: pos}
+    h: {add: null, in: [emb.tok, emb.pos]}
+    qkv: {Linear: [8, 24]}
+    parts: {split: [8, {dim: 2}]}
+    q: {unflatten: [-1, [2, 4]], in: "parts[0]"}
+    k: {unflatten: [-1, [2, 4]], in: "parts[1]"}
+    v: {unflatten: [-1, [2, 4]], in: "parts[2]"}
+    qt: {transpose: [1, 2], in: q}
+    kt: {transpose: [1, 2], in: k}
+    vt: {transpose: [1, 2], in: v}
+    att: {attention: {is_causal: true}, in: [qt, kt, vt]}
+    back: {transpose: [1, 2]}
+    flat: {flatten: 2}
+    scaled: {mul: null, in: [flat, scale]}
+    mask_f: {unsqueeze: -1, in: mask}
+    m: {masked_fill: 0.0, in: [scaled, mask_f]}
+    last: {select: [1, -1], in: m}
+    lstm: {LSTM: [8, 8, {batch_first: true}], in: h}
+    first: {select: [1, 0], in: "lstm[0]"}
+    both: {add: null, in: [last, first]}
+    head: {Linear: [8, 20, {bias: false}]}
+    again: {call: head, in: both}
+  outputs: [head, again, cls]
+ties:
+  - {param: head.weight, to: emb.tok.weight}
+"""),
+]  # fmt: skip
+
+
+@st.composite
+def mutated_graph_data(draw: st.DrawFn) -> Any:
+    """A graph spec's data with one to three structural changes."""
+    return _mutate(draw, _copy(pick(draw, GRAPH_SEEDS)))
+
+
+def _mutate(draw: st.DrawFn, data: Any) -> Any:
     for _ in range(draw(st.integers(1, 3))):
         places = list(_places(data))
         path = pick(draw, places)
@@ -270,7 +322,8 @@ def mutated_data(draw: st.DrawFn) -> Any:
             parent.pop(last)
             parent[key] = value
         elif op == "wrap":
-            parent[last] = pick(draw, [[value], {"x": value}, {"Linear": value}, {"use": value}])
+            parent[last] = pick(draw, [[value], {"x": value}, {"Linear": value}, {"use": value}, {"in": value},
+                                       {"call": value}, {"nodes": value}])  # fmt: skip
         elif op == "insert" and isinstance(value, dict):
             value[draw(st.text(max_size=8))] = draw(JUNK)
         elif op == "insert" and isinstance(value, list):
@@ -397,6 +450,18 @@ def _mutated_data(data: Any) -> None:
 @fuzz(BUDGET["data"])
 @given(mutated_data())
 def test_mutated_spec_data(data: Any) -> None:
+    _mutated_data(data)
+
+
+@fuzz(BUDGET["graph"])
+@given(mutated_graph_data())
+def test_mutated_graph_spec_data(data: Any) -> None:
+    _mutated_data(data)
+
+
+@fuzz_long(BUDGET["graph"])
+@given(mutated_graph_data())
+def test_mutated_graph_spec_data_long(data: Any) -> None:
     _mutated_data(data)
 
 
