@@ -16,7 +16,7 @@ import safetensors
 import torch
 import torch.nn as nn
 
-from ._build import DTYPES, BuildInfo, _examples, build_module
+from ._build import DTYPES, BuildInfo, build_module, example_specs
 from ._checkpoint import Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
@@ -634,7 +634,7 @@ def grads(module: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...] | None =
         raise UsageError("no input given and modelspec does not know this module's spec", code="no-input")
     inputs: dict[str, tuple[torch.Tensor, ...]] = {}
     for name in info.spec.roots:
-        examples = _examples(info.spec, name, Collector())
+        examples = example_specs(info.spec, name, Collector())
         if examples is None:
             which = f" of model '{name}'" if name else ""
             raise UsageError(f"no input given and the spec has no example input{which}", code="no-input")

@@ -35,7 +35,7 @@ from ._rng import PortableInit
 from ._spec import Spec
 from ._ties import apply_ties
 
-__all__ = ["DTYPES", "BuildInfo", "build_module"]
+__all__ = ["DTYPES", "BuildInfo", "build_module", "example_specs"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -207,7 +207,7 @@ def _materialize(
     lazy = [(n, m) for n, m in root.named_modules() if _is_lazy(m)]
     examples: dict[str, list[tuple[InputSpec, str]]] = {}
     for name, model in roots.items():
-        found = _examples(spec, name, errors)
+        found = example_specs(spec, name, errors)
         if found is not None:
             examples[name] = found
             continue
@@ -623,7 +623,7 @@ def _info(root: nn.Module, spec: Spec, builder: _Builder) -> BuildInfo:
     return BuildInfo(spec=spec, block_sites={k: tuple(v) for k, v in sites.items()}, origins=origins)
 
 
-def _examples(spec: Spec, model: str, errors: Collector) -> list[tuple[InputSpec, str]] | None:
+def example_specs(spec: Spec, model: str, errors: Collector) -> list[tuple[InputSpec, str]] | None:
     """The example inputs of one model, in its forward's order, or None.
 
     A graph's ``inputs:`` may give each input an example; otherwise a model with one

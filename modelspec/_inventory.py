@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._build import BuildInfo
 from ._stats import sha256_of, summarize
-from ._ties import transposed_links
+from ._ties import transposed_map
 from ._version import __version__
 
 __all__ = [
@@ -285,9 +285,9 @@ def inventory(
             if progress is not None:
                 progress(total, total)
 
-    links = transposed_links(module)
-    readers: dict[str, list[str]] = {}  # a source's name -> the names that read it transposed
-    for reader, (source, _) in links.items():
+    transposed = transposed_map(module)
+    readers: dict[str, list[str]] = {}  # a source's canonical name -> the names that read it transposed
+    for reader, source in transposed.items():
         readers.setdefault(source, []).append(reader)
     entries = []
     for (t, names, kind), digest, st in zip(everything, hashes, stats, strict=True):
@@ -337,7 +337,7 @@ def inventory(
         blocks=_blocks(entries, info),
         children=_children(module, entries),
         modules=_modules(module, info),
-        ties=_declared_ties(info, links),
+        ties=_declared_ties(info, transposed),
         flows=_flows(module),
     )
 
@@ -390,11 +390,11 @@ def _tie_groups(module: nn.Module, entries: list[TensorEntry], info: BuildInfo |
     return groups
 
 
-def _declared_ties(info: BuildInfo | None, links: dict[str, tuple[str, str]]) -> list[DeclaredTie]:
+def _declared_ties(info: BuildInfo | None, transposed: dict[str, str]) -> list[DeclaredTie]:
     """The spec's ties in the spec's order; for a module modelspec did not build, its transposed ties."""
     if info is not None and info.spec.ties:
         return [DeclaredTie(param=t.param, to=t.to, kind=t.kind) for t in info.spec.ties]  # type: ignore[arg-type]
-    return [DeclaredTie(param=reader, to=source, kind="transposed") for reader, (source, _) in links.items()]
+    return [DeclaredTie(param=reader, to=source, kind="transposed") for reader, source in transposed.items()]
 
 
 def _const(value: object) -> str | None:

@@ -36,7 +36,6 @@ __all__ = [
     "check_ties",
     "links_of",
     "retie_module",
-    "transposed_links",
     "transposed_map",
 ]
 
@@ -72,18 +71,6 @@ def __getattr__(name: str) -> type[nn.Module]:
         if isinstance(base, type) and issubclass(base, nn.Module):
             return _tied_class(base)
     raise AttributeError(name)
-
-
-def transposed_links(module: nn.Module) -> dict[str, tuple[str, str]]:
-    """``{qualified attribute: qualified source parameter}`` of every transposed tie in ``module``."""
-    names = {id(m): n for n, m in module.named_modules(remove_duplicate=False)}
-    out: dict[str, tuple[str, str]] = {}
-    for owner_name, owner in module.named_modules(remove_duplicate=False):
-        for attr, (source, source_attr) in owner.__dict__.get(_LINKS, {}).items():
-            src = names.get(id(source))
-            where = f"{src}.{source_attr}" if src else f"<outside the model>.{source_attr}"
-            out[_join(owner_name, attr)] = (where, "transposed")
-    return out
 
 
 def transposed_map(module: nn.Module) -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.fx as fx
 from conftest import write
+from tie_models import AUTOENCODER
 from torch import nn
 
 import modelspec
@@ -65,19 +66,6 @@ model:
     dist: {pairwise_distance: null, in: [ea, eb]}
     both: {cat: {dim: 1}, in: [ea, eb]}
   outputs: [dist, both]
-"""
-
-AUTOENCODER = """\
-modelspec: 1
-name: tied-ae
-input: {shape: [2, 20]}
-model:
-  nodes:
-    encoder: {Linear: [20, 5]}
-    act: ReLU
-    decoder: {Linear: [5, 20]}
-ties:
-  - {param: decoder.weight, to: encoder.weight, transposed: true}
 """
 
 TIED_HEAD = """\

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import write
+from tie_models import AUTOENCODER
 from torch import nn
 
 import modelspec
@@ -26,19 +27,6 @@ from modelspec._diff import diff_reports
 from modelspec._inventory import DeclaredTie, Report, TieGroup
 from modelspec._report import render_json, render_md, render_text
 from modelspec.cli import main
-
-AUTOENCODER = """\
-modelspec: 1
-name: tied-ae
-input: {shape: [2, 20]}
-model:
-  nodes:
-    encoder: {Linear: [20, 5]}
-    act: ReLU
-    decoder: {Linear: [5, 20]}
-ties:
-  - {param: decoder.weight, to: encoder.weight, transposed: true}
-"""
 
 TIED_HEAD = """\
 modelspec: 1

@@ -3,6 +3,7 @@
 ``AE``: a tied autoencoder, the decoder's weight is the encoder's weight transposed.
 ``LM``: a tiny language model whose output head is the token embedding.
 ``LM_UNTIED``: the same model without the tie.
+``AUTOENCODER``: a named tied autoencoder, for the report and diagram tests.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ model:
   nodes:
     encoder: {Linear: [20, 5]}
     act: Tanh
+    decoder: {Linear: [5, 20]}
+ties:
+  - {param: decoder.weight, to: encoder.weight, transposed: true}
+"""
+
+AUTOENCODER = """\
+modelspec: 1
+name: tied-ae
+input: {shape: [2, 20]}
+model:
+  nodes:
+    encoder: {Linear: [20, 5]}
+    act: ReLU
     decoder: {Linear: [5, 20]}
 ties:
   - {param: decoder.weight, to: encoder.weight, transposed: true}
