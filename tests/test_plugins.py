@@ -316,3 +316,19 @@ def test_broken_entry_points_are_named_with_their_distribution(tmp_path: Path) -
     assert "ModuleNotFoundError" in first and "Traceback" not in run.stderr
     assert "entry point 'Linear = fakepkg:Scale' of fakepkg 1.0: UsageError[shadowed-layer]" in first
     assert rest == [] and not (tmp_path / "out").exists()
+
+
+def test_the_readme_examples_run(registry_restored: None) -> None:
+    import re
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Custom layers (plugins)") : text.index("## Python API")]
+    [python] = re.findall(r"```python\n(.*?)```", section, re.S)
+    [shipped] = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    namespace: dict[str, object] = {"__name__": "readme"}
+    exec(python, namespace)  # the README's own example
+    net = namespace["net"]
+    assert isinstance(net, nn.Sequential) and type(net[1]).__name__ == "Scale"
+    nested = "".join(f"    {line}\n" for line in shipped.splitlines())
+    built = modelspec.build(f"modelspec: 1\ninput: {{shape: [1, 3, 768]}}\nmodel:\n  nodes:\n{nested}")
+    assert built(torch.zeros(1, 3, 768)).shape == (1, 3, 768)
