@@ -27,6 +27,7 @@ from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
 from ._memory import allocating, tensor_bytes
+from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
@@ -45,6 +46,7 @@ __all__ = [
     "compile_spec",
     "diff",
     "grads",
+    "import_plugins",
     "load",
     "open_target",
     "report",

@@ -727,6 +727,7 @@ class NodeParser:
             hint = _CONTAINER_HINTS.get(type_name) or did_you_mean(type_name, registry.layer_names())
             if hint is None and type_name[:1].islower():
                 hint = "layer types are torch.nn class names, e.g. 'ReLU'; named children go in a mapping"
+            hint = hint or registry.UNKNOWN_LAYER_HINT
             at = self.errors.position(arg_path)  # the type name the user typed
             self.errors.add("unknown-layer", f"unknown layer type '{type_name}'", path, hint=hint,
                             at=at if at[0] is not None else None)  # fmt: skip

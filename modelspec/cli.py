@@ -188,6 +188,14 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--force", action="store_true", help=FORCE_HELP)
     _add_set(gp)
     gp.set_defaults(func=_cmd_graph)
+    for command in (b, v, s, r, d, gr, gp):
+        command.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first: it registers custom layers (modelspec.register_layer); repeatable",
+        )
     return p
 
 
@@ -430,6 +438,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return int(e.code or 0)
     func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
     try:
+        api.import_plugins(args.plugin)  # before anything is read or written
         return func(args, out, err)
     except SpecError as e:
         _print_diagnostics(e.diagnostics, err)
