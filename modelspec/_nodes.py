@@ -101,7 +101,10 @@ RESERVED_CONTAINER_NAMES = frozenset(dir(nn.ModuleDict()))
 #: Keywords of later format versions -> what they will do, and what to write today.
 RESERVED: dict[str, tuple[str, str]] = {
     "init": ("initialization settings", "set 'seed'; initialize further in Python after modelspec.build"),
-    "plugins": ("plugins", "remove it: layers come from torch.nn only"),
+    "plugins": (
+        "plugins",
+        "a spec cannot load code: pass --plugin MODULE to the command, or call modelspec.register_layer in Python",
+    ),
     "overrides": ("overriding parts of a spec", "edit the spec itself"),
 }
 _CONTAINER_HINTS = {
