@@ -6,7 +6,20 @@
 True
 """
 
-from ._api import build, build_info, compile_spec, diff, grads, load, report, retie, save, validate, write_build
+from ._api import (
+    build,
+    build_info,
+    compile_spec,
+    diff,
+    grads,
+    load,
+    materialize,
+    report,
+    retie,
+    save,
+    validate,
+    write_build,
+)
 from ._build import BuildInfo
 from ._errors import (
     BuildDirError,
@@ -42,6 +55,7 @@ __all__ = [
     "diff",
     "grads",
     "load",
+    "materialize",
     "register_layer",
     "report",
     "retie",

@@ -48,6 +48,7 @@ __all__ = [
     "grads",
     "import_plugins",
     "load",
+    "materialize",
     "open_target",
     "report",
     "retie",
@@ -557,6 +558,59 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
             _INFO[module] = info
             return module
     return _build(resolved, device, None)
+
+
+def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Give a model built on ``meta`` the values ``build`` would give it on ``device``.
+
+    The values are those of ``modelspec.build(spec, device=device)``, bit for bit: the
+    same seed, default and rule-based initialization, ties and frozen parameters. The
+    module objects stay the ones you hold (hooks, wrappers and references to submodules
+    keep working); their parameters and buffers are replaced in place, so shared blocks
+    and ties hold as before.
+
+    Raises:
+        UsageError: ``no-spec`` (not a model modelspec built), ``bad-device``,
+            ``structure-changed`` (its modules, parameters or buffers differ from the spec's).
+
+    Example:
+        >>> model = modelspec.build("specs/zoo/gpt2.yaml", device="meta")
+        >>> model = modelspec.materialize(model)  # the same weights as a direct build
+    """
+    info = _INFO.get(model)
+    if info is None:
+        raise UsageError(
+            "modelspec does not know this module's spec: materialize a model from modelspec.build(..., device='meta')",
+            code="no-spec",
+        )
+    dev = _parse_device(device)
+    if dev.type == "meta":
+        raise UsageError("materialize gives real values: choose a device other than 'meta'", code="bad-device")
+    floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    dtype = next(iter(floating)) if len(floating) == 1 and floating != {torch.float32} else None
+    fresh, _ = build_module(resolve(info.spec), device=dev, dtype=dtype)
+    ours = dict(model.named_modules(remove_duplicate=False))
+    theirs = dict(fresh.named_modules(remove_duplicate=False))
+    problems = [n or "(the model)" for n in ours.keys() ^ theirs.keys()]
+    for n, m in ours.items():
+        other = theirs.get(n)
+        # fx gives every GraphModule a class of its own: compare class names
+        if other is not None and (
+            type(m).__name__ != type(other).__name__
+            or set(m._parameters) != set(other._parameters)
+            or set(m._buffers) != set(other._buffers)
+        ):
+            problems.append(f"{n or '(the model)'} ({type(m).__name__})")
+    if problems:
+        shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise UsageError(f"the model no longer has the structure its spec builds: {shown}", code="structure-changed")
+    for name, module in ours.items():
+        source = theirs[name]
+        for key in module._parameters:
+            module._parameters[key] = source._parameters[key]  # the same objects: ties carry over
+        for key in module._buffers:
+            module._buffers[key] = source._buffers[key]
+    return model
 
 
 # ------------------------------------------------------------------ reports, diffs, gradients

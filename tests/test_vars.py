@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import modelspec
 from modelspec import SpecError
@@ -240,3 +242,82 @@ def test_bad_overrides_on_the_command_line_exit_2_and_write_nothing(tmp_path: Pa
     assert done.returncode == 0
     done = _cli("report", "out2", "--set", "n_layer=3", cwd=tmp_path)
     assert done.returncode == 2 and "for a spec only" in done.stderr
+
+
+# ---------------------------------------------------------------- properties of the evaluator
+_NUMBERS = st.one_of(st.integers(-(2**64), 2**64), st.floats(allow_nan=False, width=64))
+_OPS = ("+", "-", "*", "/", "//", "%", "**")
+Tree = tuple  # ("num", value) | ("var", name) | ("neg", tree) | (op, left, right)
+
+
+@st.composite
+def _arithmetic(draw: st.DrawFn, depth: int = 3) -> Tree:
+    """Random arithmetic over numbers and the variables a, b."""
+    if depth == 0 or draw(st.booleans()):
+        return draw(st.one_of(st.sampled_from([("var", "a"), ("var", "b")]), _NUMBERS.map(lambda v: ("num", v))))
+    if draw(st.integers(0, 4)) == 0:
+        return ("neg", draw(_arithmetic(depth - 1)))
+    return (draw(st.sampled_from(_OPS)), draw(_arithmetic(depth - 1)), draw(_arithmetic(depth - 1)))
+
+
+def _text(tree: Tree) -> str:
+    if tree[0] == "num":
+        return repr(tree[1])
+    if tree[0] == "var":
+        return tree[1]
+    if tree[0] == "neg":
+        return f"-({_text(tree[1])})"
+    return f"({_text(tree[1])}) {tree[0]} ({_text(tree[2])})"
+
+
+class _Refused(Exception):
+    pass
+
+
+def _oracle(tree: Tree, env: dict[str, object]) -> object:
+    """Python's own arithmetic, with the rule the evaluator adds: every value on the way fits
+    in a 64-bit integer or is a finite float (powers that could not are refused up front)."""
+    if tree[0] == "num":
+        value = tree[1]
+    elif tree[0] == "var":
+        value = env[tree[1]]
+    elif tree[0] == "neg":
+        value = -_oracle(tree[1], env)  # type: ignore[operator]
+    else:
+        a, b = _oracle(tree[1], env), _oracle(tree[2], env)
+        if tree[0] == "**" and isinstance(a, int) and isinstance(b, int) and b > 64 and abs(a) > 1:
+            raise _Refused
+        try:
+            value = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,  # type: ignore[operator]
+                     "//": lambda: a // b, "%": lambda: a % b, "**": lambda: a**b}[tree[0]]()  # type: ignore[operator]  # fmt: skip
+        except (ZeroDivisionError, OverflowError, ValueError) as e:
+            raise _Refused from e
+    if isinstance(value, complex) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
+        raise _Refused
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Refused
+    return value
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(_arithmetic(), st.integers(-1000, 1000), st.floats(-1e6, 1e6))
+def test_arithmetic_agrees_with_python_or_is_a_stated_error(tree: Tree, a: int, b: float) -> None:
+    errors = Collector()
+    out, _ = substitute({"vars": {"a": a, "b": b}, "model": {"x": "$" + _text(tree)}}, errors)
+    try:
+        expected = _oracle(tree, {"a": a, "b": b})
+    except _Refused:
+        assert [d.code for d in errors.errors] in (["division-by-zero"], ["overflow"], ["math-error"]), errors.items
+        return
+    assert not errors.items, (tree, errors.items)
+    got = out["model"]["x"]
+    assert type(got) is type(expected) and got == expected, (_text(tree), got, expected)
+
+
+@settings(max_examples=400, derandomize=True, database=None, deadline=None)
+@given(st.text(max_size=60))
+def test_any_text_after_a_dollar_is_a_value_or_a_diagnostic(text: str) -> None:
+    errors = Collector()
+    substitute({"vars": {"a": 1}, "model": {"x": "$" + text}}, errors)
+    assert all(d.code in ("undefined-variable", "bad-expression", "wrong-type", "division-by-zero", "overflow",
+                          "math-error") for d in errors.items)  # fmt: skip
