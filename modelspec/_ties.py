@@ -65,11 +65,14 @@ def _tied_class(base: type[nn.Module]) -> type[nn.Module]:
 
 
 def __getattr__(name: str) -> type[nn.Module]:
-    """``modelspec._ties.TransposedLinear`` for unpickling: only for torch.nn classes."""
+    """``modelspec._ties.TransposedLinear`` for unpickling: for the layers a spec can name
+    (torch.nn, the layers modelspec ships and registered ones)."""
     if name.startswith("Transposed"):
-        base = getattr(nn, name.removeprefix("Transposed"), None)
-        if isinstance(base, type) and issubclass(base, nn.Module):
-            return _tied_class(base)
+        from . import _registry as registry  # the registry loads plugins: only when needed
+
+        entry = registry.get_layer(name.removeprefix("Transposed"))
+        if entry is not None:
+            return _tied_class(entry.cls)
     raise AttributeError(name)
 
 

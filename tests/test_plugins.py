@@ -332,3 +332,26 @@ def test_the_readme_examples_run(registry_restored: None) -> None:
     nested = "".join(f"    {line}\n" for line in shipped.splitlines())
     built = modelspec.build(f"modelspec: 1\ninput: {{shape: [1, 3, 768]}}\nmodel:\n  nodes:\n{nested}")
     assert built(torch.zeros(1, 3, 768)).shape == (1, 3, 768)
+
+
+class Projection(nn.Linear):
+    """A custom layer with a weight that a transposed tie can read."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features)
+
+
+def test_a_transposed_tie_onto_a_custom_layer_survives_pickle(registry_restored: None) -> None:
+    import pickle
+
+    modelspec.register_layer(Projection)
+    text = HEAD + (
+        "model:\n  enc: {Projection: [4, 3]}\n  dec: {Projection: [3, 4]}\n"
+        "ties:\n  - {param: dec.weight, to: enc.weight, transposed: true}\n"
+    )
+    model = modelspec.build(text)
+    assert type(model.dec).__name__ == "TransposedProjection"
+    again = pickle.loads(pickle.dumps(model))
+    with torch.no_grad():
+        again.enc.weight.mul_(2.0)
+    torch.testing.assert_close(again.dec.weight, again.enc.weight.t(), rtol=0, atol=0)
