@@ -9,11 +9,17 @@ counts, on the CPU for outputs and gradients. Inputs are small (2 sequences of 1
 
 from __future__ import annotations
 
+import ast
+import inspect
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
+import twins
+import twins_bert as tb
 from conftest import ROOT, write
 from torch import nn
 from twins_bert import AlbertConfig, AlbertModel, BertForMaskedLM, BertModel
@@ -29,6 +35,14 @@ ATOL = 1e-5
 #: Gradients summed over 12 uses of one layer in another order than the untied reference sums them.
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-5
 SHARED = "encoder.albert_layer_groups.0.albert_layers.0"  # ALBERT's one layer
+BERT_ENCODER = [
+    tb.BertSelfAttention,
+    tb.BertAddNorm,
+    tb.BertAttention,
+    tb.BertIntermediate,
+    tb.BertLayer,
+    tb.BertEncoder,
+]
 
 
 @dataclass(frozen=True)
@@ -293,3 +307,63 @@ ties:
     with pytest.raises(SpecError) as e:
         modelspec.compile_spec(write(tmp_path, spec % ", other: {shape: [3]}"))
     assert [d.code for d in e.value.diagnostics] == ["unused-param"]
+
+
+# ---- spec length beside the twin's -----------------------------------------------------------
+#: each zoo spec -> the handwritten code its twin needs (classes and helpers, its own and shared)
+_BERT = [tb.BertConfig, tb.extended_attention_mask, tb.self_attention, tb.BertEmbeddings]
+_ENCODER = [tb.BertSelfAttention, tb.BertAddNorm, tb.BertAttention, tb.BertIntermediate, tb.BertLayer, tb.BertEncoder]
+_HEAD = [tb.BertPredictionHeadTransform, tb.BertLMPredictionHead, tb.BertOnlyMLMHead, tb.BertForMaskedLM]
+_ALBERT = [
+    tb.AlbertConfig,
+    tb.AlbertAttention,
+    tb.AlbertLayer,
+    tb.AlbertLayerGroup,
+    tb.AlbertTransformer,
+    tb.AlbertModel,
+]
+TWIN_SOURCES: dict[str, list[object]] = {
+    "resnet18.yaml": [twins.BasicBlock, twins.ResNet18],
+    "gpt2.yaml": [twins.GPTConfig, twins.CausalSelfAttention, twins.MLP, twins.Block, twins.GPT],
+    "tied_autoencoder.yaml": [twins.TransposedLinear, twins.TiedAutoencoder],
+    "siamese.yaml": [twins.Siamese],
+    "unet.yaml": [twins.double_conv, twins.UNet],
+    "bert.yaml": [*_BERT, *_ENCODER, tb.BertModel, *_HEAD],
+    "bert_model.yaml": [*_BERT, *_ENCODER, tb.BertPooler, tb.BertModel],
+    "albert.yaml": [*_BERT, *_ALBERT],
+}
+#: the specs not longer than their twins; the others repeat blocks that Python writes once with a
+#: width argument (ResNet's BasicBlock, U-Net's double_conv) or are a few lines either way
+SHORTER = {"gpt2.yaml", "bert.yaml", "bert_model.yaml", "albert.yaml"}
+
+
+def _python_lines(source: str) -> int:
+    """Lines of code: neither blank, nor a comment alone, nor part of a docstring."""
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(textwrap.dedent(source))):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            value = body[0].value
+            if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                docstrings.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+    lines = textwrap.dedent(source).splitlines()
+    return sum(1 for i, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")
+               and i not in docstrings)  # fmt: skip
+
+
+def _yaml_lines(text: str) -> int:
+    """Lines of the spec: neither blank nor a comment alone."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+def test_zoo_specs_are_not_longer_than_their_twins() -> None:
+    assert sorted(TWIN_SOURCES) == sorted(p.name for p in ZOO.glob("*.yaml"))
+    rows = []
+    for spec, sources in TWIN_SOURCES.items():
+        ours = _yaml_lines((ZOO / spec).read_text(encoding="utf-8"))
+        theirs = sum(_python_lines(inspect.getsource(s)) for s in sources)  # type: ignore[arg-type]
+        rows.append((spec, ours, theirs))
+    print("\nlines of code (no blank lines, comments or docstrings): spec / handwritten twin", file=sys.stderr)
+    for spec, ours, theirs in rows:
+        print(f"  {spec:24} {ours:4} / {theirs:4}", file=sys.stderr)
+    assert [r[0] for r in rows if r[1] <= r[2]] == [r[0] for r in rows if r[0] in SHORTER]
