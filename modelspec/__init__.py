@@ -20,6 +20,7 @@ from ._errors import (
     UsageError,
 )
 from ._inventory import Report
+from ._registry import register_layer
 from ._version import __version__
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "diff",
     "grads",
     "load",
+    "register_layer",
     "report",
     "retie",
     "save",

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import torch
@@ -26,6 +27,7 @@ from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
 from ._memory import allocating, tensor_bytes
+from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
@@ -44,6 +46,7 @@ __all__ = [
     "compile_spec",
     "diff",
     "grads",
+    "import_plugins",
     "load",
     "open_target",
     "report",
@@ -78,24 +81,29 @@ def _read(source: SpecSource) -> tuple[str, str]:
     return read_file(path), str(path)  # at most MAX_BYTES, UTF-8, else a SpecError
 
 
-def compile_spec(source: SpecSource) -> Resolved:
+Overrides = Mapping[str, Any]
+
+
+def compile_spec(source: SpecSource, *, overrides: Overrides | None = None) -> Resolved:
     """Load, validate and resolve a spec (a path or YAML text) without building it.
+
+    ``overrides`` replace values of the spec's ``vars`` (as ``--set NAME=VALUE`` does).
 
     Raises:
         SpecError: listing every problem, each with file:line:col and a path in the spec.
     """
     text, file = _read(source)
-    return resolve(parse(load_text(text, file)))
+    return resolve(parse(load_text(text, file), dict(overrides) if overrides else None))
 
 
-def validate(source: SpecSource) -> list[Diagnostic]:
+def validate(source: SpecSource, *, overrides: Overrides | None = None) -> list[Diagnostic]:
     """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError.
 
-    Parameter ties name parameters of the built model, so a spec with ``ties:`` is also
-    built on ``meta`` (shapes only, nothing allocated) to check each tie's names, shapes
-    and dtypes."""
-    resolved = compile_spec(source)
-    if resolved.spec.ties:
+    Parameter ties name parameters of the built model, so a spec with ``ties:`` (or with
+    ``trainable:``, which must agree across a shared tensor) is also built on ``meta``
+    (shapes only, nothing allocated) to check each tie's names, shapes and dtypes."""
+    resolved = compile_spec(source, overrides=overrides)
+    if resolved.spec.ties or resolved.spec.freezes:
         build_module(resolved, device="meta")
     return list(resolved.spec.warnings)
 
@@ -167,7 +175,12 @@ def _build(resolved: Resolved, device: str | torch.device, dtype: torch.dtype | 
 
 
 def build(
-    source: SpecSource, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    source: SpecSource,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    overrides: Overrides | None = None,
+    **variables: Any,
 ) -> nn.Module:
     """Build the model a spec describes.
 
@@ -175,6 +188,8 @@ def build(
         source: a path to a YAML spec, or the YAML text itself.
         device: where to allocate; ``"meta"`` gives shapes and counts without memory.
         dtype: convert floating-point parameters after building (e.g. ``torch.bfloat16``).
+        overrides: new values for the spec's ``vars`` (``{"n_layer": 24}``); variables
+            may also be given as keywords (``n_layer=24``).
 
     Returns:
         The model, or an ``nn.ModuleDict`` keyed by model name for a spec with ``models:``.
@@ -187,8 +202,9 @@ def build(
         >>> net = modelspec.build("specs/d2l/shared.yaml")
         >>> net[2] is net[4]
         True
+        >>> gpt2_medium = modelspec.build("specs/zoo/gpt2.yaml", device="meta", n_layer=24, d_model=1024, n_head=16)
     """
-    resolved = compile_spec(source)
+    resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
     for w in resolved.spec.warnings:
         warnings.warn(str(w), SpecWarning, stacklevel=2)
     return _build(resolved, device, dtype)
@@ -233,6 +249,7 @@ def _resolved_header(spec: Spec) -> str:
     return (
         f"# Resolved by modelspec from {Path(spec.file).name} (canonical sha256 {spec.sha256}).\n"
         "# Positional arguments are bound to their names; anchors and aliases are expanded.\n"
+        + ("# Variables are substituted; 'vars' holds the values used.\n" if spec.vars else "")
     )
 
 
@@ -253,6 +270,7 @@ def write_build(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: Progress | None = None,
+    overrides: Overrides | None = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
 
@@ -269,7 +287,7 @@ def write_build(
         raise BuildDirError(
             "cannot write a checkpoint of a model on the meta device; use 'modelspec report'", code="meta-device"
         )
-    resolved = compile_spec(source)
+    resolved = compile_spec(source, overrides=overrides)
     dt = _parse_dtype(dtype)
     recover(out)
     check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
@@ -556,7 +574,11 @@ class Target:
 
 
 def open_target(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", progress: Progress | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    overrides: Overrides | None = None,
 ) -> Target:
     """Open ``path``: a spec (built on ``device``; ``meta`` for structure only), a build
     folder (loaded and verified), or a ``report.json`` (read and checked for consistency).
@@ -569,6 +591,9 @@ def open_target(
     p = Path(path)
     if not p.exists():
         recover(p)  # a build killed between its two renames: the old folder comes back
+    if overrides and (p.is_dir() or p.suffix == ".json"):
+        raise UsageError(f"{p}: variables can be set for a spec only, not for a build folder or a report",
+                         code="bad-usage")  # fmt: skip
     if p.is_dir():
         module, ckpt = _load(p, torch.device("cpu"))
 
@@ -585,7 +610,7 @@ def open_target(
         except OSError as e:
             raise ReportError(f"cannot read {p}: {e.strerror}", code="file-error") from e
         return Target(read_report(data, str(p)), None, None)  # schema and consistency checked
-    module = _build(compile_spec(p), device, None)
+    module = _build(compile_spec(p, overrides=overrides), device, None)
     return Target(report(module, progress=progress), module, None)
 
 
