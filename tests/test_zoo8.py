@@ -5,12 +5,17 @@ shapes, strict loading both ways, the same outputs on a fixed input, the publish
 naive parameter counts, and the declared sharing behaving as sharing (one tensor or module,
 gradients of every use added up). Each model is built once per module: on 'meta' for keys and
 counts, on the CPU for outputs and gradients. Inputs are small (2 sequences of 16 tokens).
+Also: GPT-2 medium and BERT-large from the base files with overrides, and every zoo spec's
+length beside its twin's (printed; see it with ``pytest -s``).
 """
 
 from __future__ import annotations
 
 import ast
 import inspect
+import json
+import os
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -22,6 +27,7 @@ import twins
 import twins_bert as tb
 from conftest import ROOT, write
 from torch import nn
+from twins import GPT, GPTConfig
 from twins_bert import AlbertConfig, AlbertModel, BertForMaskedLM, BertModel
 
 import modelspec
@@ -208,12 +214,13 @@ def test_built_bert_head_is_tied_as_transformers_ties_it(pair) -> None:
 
 
 def test_built_bert_layers_are_independent_copies(pair) -> None:
-    """The layers after the first are YAML merges of it: each its own module and parameters."""
+    """The layers are a repeat: each its own module and parameters, as nn.Sequential children."""
     _, built = pair("bert")
-    layers = [built.get_submodule(f"bert.encoder.layer.{i}") for i in range(12)]
+    layers = built.get_submodule("bert.encoder.layer")
+    assert isinstance(layers, nn.Sequential) and len(layers) == 12
     assert len({id(m) for m in layers}) == 12
-    fresh = modelspec.build(ZOO / "bert.yaml", device="meta")  # shapes only; values from pair's build are loaded
-    assert len({id(fresh.get_parameter(f"bert.encoder.layer.{i}.output.dense.weight")) for i in range(12)}) == 12
+    weights = [m.get_parameter("output.dense.weight") for m in layers]
+    assert len({id(w) for w in weights}) == 12
 
 
 def test_built_bert_tied_embedding_gradient_is_the_sum_of_both_uses(pair) -> None:
@@ -283,6 +290,37 @@ def test_built_albert_layer_gradient_is_the_sum_over_its_twelve_uses(pair) -> No
     for i, (name, grad) in enumerate(zip(shared, grads, strict=True)):
         summed = torch.stack(per_use[12 * i : 12 * (i + 1)]).sum(0)
         torch.testing.assert_close(grad, summed, rtol=GRAD_RTOL, atol=GRAD_ATOL, msg=name)
+
+
+# ---- one file, other sizes: variables and overrides -----------------------------------------
+BERT_LARGE = tb.BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+LARGER = {
+    # GPT-2 medium: 24 layers, 16 heads, width 1024; the head is the token embedding
+    "gpt2-medium": ("gpt2.yaml", lambda: GPT(GPTConfig(n_layer=24, n_head=16, n_embd=1024)), 354_823_168),
+    # BERT-large, masked LM and encoder with pooler: 24 layers, 16 heads, width 1024, FFN 4096
+    "bert-large-mlm": ("bert.yaml", lambda: BertForMaskedLM(BERT_LARGE), 335_174_458),
+    "bert-large": ("bert_model.yaml", lambda: BertModel(BERT_LARGE), 335_141_888),
+}
+OVERRIDES = {"n_layer": 24, "d_model": 1024, "n_head": 16}
+
+
+@pytest.mark.parametrize("name", list(LARGER))
+def test_the_larger_model_is_the_same_file_with_overrides(name: str) -> None:
+    """Built on 'meta' (no memory): the twin's keys and shapes, and the published count."""
+    spec, twin, unique = LARGER[name]
+    built = modelspec.build(ZOO / spec, device="meta", overrides=OVERRIDES)
+    with torch.device("meta"):
+        reference = twin()
+    assert _keys_and_shapes(built) == _keys_and_shapes(reference)
+    assert _counts(built)[0] == sum(p.numel() for p in reference.parameters()) == unique
+
+
+def test_gpt2_medium_count_on_the_command_line() -> None:
+    cmd = [sys.executable, "-m", "modelspec", "report", str(ZOO / "gpt2.yaml"), "--device", "meta", "--format", "json",
+           "--set", "n_layer=24", "d_model=1024", "n_head=16"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    totals = json.loads(out.stdout)["totals"]
+    assert (totals["unique_params"], totals["naive_params"]) == (354_823_168, 354_823_168 + 50257 * 1024)
 
 
 # ---- the grammar rule BERT's head needed -----------------------------------------------------
