@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ._errors import UsageError
 from ._memory import allocating, tensor_bytes
-from ._nodes import Call, FreeTensor, Graph, GraphNode, Op, Ref
+from ._nodes import Call, FreeTensor, Graph, GraphNode, Op, Ref, Repeat
 from ._resolve import graph_order
 
 if TYPE_CHECKING:
@@ -149,6 +149,20 @@ class SpecGraphModule(fx.GraphModule):
         return (_restore, (state, _graph_rows(self.graph)))
 
 
+def _chain(g: fx.Graph, targets: list[str], args: tuple[Any, ...], kwargs: dict[str, Any], node: GraphNode,
+           sources: dict[str, GraphNode]) -> fx.Node:  # fmt: skip
+    """Call ``targets`` one after another: the first with ``args``, each next one with the
+    previous output in place of the first argument."""
+    out: fx.Node | None = None
+    for i, target in enumerate(targets):
+        out = g.call_module(target, args if out is None else (out, *args[1:]), kwargs)
+        if i < len(targets) - 1:
+            out._rename(f"{node.name.replace('.', '_')}_{i}")
+            sources[out.name] = node
+    assert out is not None
+    return out
+
+
 def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     """Build ``graph``'s modules and tensors, then generate its forward."""
     root = nn.Module()
@@ -200,7 +214,11 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
         if isinstance(node.body, Op):
             out = node.body.entry.emit(g, args, dict(node.body.values))
         elif isinstance(node.body, Call):
-            out = g.call_module(node.body.target, args, kwargs)
+            out = _chain(g, [node.body.target] * node.body.times, args, kwargs, node, sources)
+        elif isinstance(node.body, Repeat) and len(args) + len(kwargs) > 1:
+            # several inputs: the copies cannot run as an nn.Sequential; each gets the one before's output
+            # as its first input and the other inputs as they are (a transformer layer and its mask)
+            out = _chain(g, [f"{node.name}.{i}" for i in range(node.body.count)], args, kwargs, node, sources)
         else:
             out = g.call_module(node.name, args, kwargs)
         out._rename(node.name.replace(".", "_"))

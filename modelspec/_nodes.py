@@ -291,8 +291,11 @@ class Call:
 
     target: str
     path: SpecPath
+    times: int = 1  # {repeat: N, of: {call: target}}: N calls in a chain
 
     def to_data(self, ordered: bool = False) -> Any:
+        if self.times != 1:
+            return {"repeat": self.times, "of": {"call": self.target}}
         return {"call": self.target}
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
@@ -668,6 +671,27 @@ class NodeParser:
             groups = None
         return Repeat(count, body, groups, path)
 
+    def repeated_call(self, raw: dict[str, Any], path: SpecPath) -> Call:
+        """``{repeat: N, of: {call: node}}`` in a graph: the node's module N times in a chain."""
+        rest = {k: v for k, v in raw.items() if k not in ("of", "groups", "trainable")}
+        parsed = self.repeat({**rest, "of": "Identity"}, path)  # the count and unknown keys
+        of = raw["of"]
+        if len(of) > 1 or not isinstance(of["call"], str):
+            self.errors.add(
+                "bad-call",
+                "'call' takes the name of a layer node of this graph and stands alone",
+                (*path, "of", "call"),
+                hint="e.g. '{repeat: 11, of: {call: layer}, in: [h, mask]}'",
+            )
+        if "groups" in raw:
+            self.errors.add("bad-repeat", "'groups' has nothing to group: every call runs the one module",
+                            (*path, "groups"), hint="remove 'groups'")  # fmt: skip
+        if "trainable" in raw:
+            self.errors.add("bad-call", "'trainable' belongs where the called layer node is written",
+                            (*path, "trainable"))  # fmt: skip
+        target = of["call"] if isinstance(of["call"], str) else ""
+        return Call(target, (*path, "of", "call"), parsed.count if isinstance(parsed, Repeat) else 1)
+
     def groups(self, raw: Any, count: int, path: SpecPath) -> tuple[int, ...] | None:
         """``groups: 3`` (equal groups) or ``groups: [1, 11]`` (sizes) -> sizes."""
         if isinstance(raw, int) and not isinstance(raw, bool):
@@ -888,6 +912,8 @@ class NodeParser:
         elif isinstance(raw, dict) and len(raw) == 1 and _looks_like_op(next(iter(raw)), raw[next(iter(raw))]):
             key = next(iter(raw))  # an op, or a slip for one ({trnspose: [1, 2]}): not a named child
             body = self.op(key, raw[key], path, (*path, key))
+        elif isinstance(raw, dict) and "repeat" in raw and isinstance(raw.get("of"), dict) and "call" in raw["of"]:
+            body = self.repeated_call(raw, path)
         elif isinstance(raw, dict) and "call" in raw:
             if len(raw) > 1 or not isinstance(raw["call"], str):
                 self.errors.add(
@@ -1107,7 +1133,24 @@ def schema_defs() -> dict[str, Any]:
         "additionalProperties": False,
     }  # fmt: skip
     defs["Repeat"] = repeat
-    defs["RepeatEntry"] = {**repeat, "properties": {**repeat["properties"], "in": {"$ref": "#/$defs/In"}}}
+    called = {
+        "type": "object",
+        "properties": {
+            "call": {
+                "type": "string",
+                "description": "a layer node of this graph: its module called N times in a chain",
+            }
+        },
+        "required": ["call"],
+        "additionalProperties": False,
+    }
+    defs["RepeatEntry"] = {
+        **repeat,
+        "description": repeat["description"] + "; in a graph, several inputs chain the copies (each gets the one "
+        "before's output first) and 'of: {call: node}' runs one module N times",
+        "properties": {**repeat["properties"], "in": {"$ref": "#/$defs/In"},
+                       "of": {"anyOf": [{"$ref": "#/$defs/Node"}, called]}},
+    }  # fmt: skip
     defs["Node"] = {
         "description": "a layer, a list (nn.Sequential), named children, {use: block}, or a graph",
         "anyOf": [

@@ -78,7 +78,9 @@ def _forward(node: Node | Op, blocks: dict[str, Node]) -> inspect.Signature | No
         seen.add(node.block)
         node = blocks[node.block]
     plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    if isinstance(node, (Seq, Children, Repeat)):
+    if isinstance(node, Repeat):  # one input: an nn.Sequential; several: the copies in a chain
+        return _forward(node.body, blocks)
+    if isinstance(node, (Seq, Children)):
         return inspect.Signature([inspect.Parameter("input", plain)])
     if isinstance(node, Graph):
         return inspect.Signature([inspect.Parameter(i.name, plain) for i in node.inputs])
@@ -170,6 +172,10 @@ def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node], tied:
                 hint=did_you_mean(ref.name, names) or f"it has: {', '.join(names)}",
             )
     for node in graph.nodes:
+        chained = (isinstance(node.body, Call) and node.body.times > 1) or isinstance(node.body, Repeat)
+        if chained and node.kwargs and not node.args:
+            errors.add("bad-repeat", "a repeat passes its first input from one copy to the next: give the inputs "
+                       "as a list", (*node.path, "in"), hint="e.g. 'in: [h, mask]'")  # fmt: skip
         if isinstance(node.body, Call):  # the called layer's forward decides what it takes
             target = graph.node(node.body.target)
             if target is not None and not isinstance(target.body, (Op, Call)):

@@ -219,3 +219,78 @@ def _validate_errors(text: str) -> list[modelspec.Diagnostic]:
 def test_trainable_takes_a_boolean() -> None:
     assert codes(HEAD + "model: {Linear: [4, 4], trainable: no}\n") == [("ambiguous-value", 2, 36)]
     assert codes(HEAD + "model: {Linear: [4, 4], trainable: 0}\n") == [("wrong-type", 2, 25)]
+
+
+# ---------------------------------------------------------------- in graphs: several inputs, calls
+LAYER = "{inputs: [x, scale], nodes: {fc: {Linear: [4, 4], in: x}, out: {mul: null, in: [fc, scale]}}}"
+CHAINS = (
+    HEAD
+    + f"""
+blocks:
+  layer: {LAYER}
+model:
+  inputs: {{x: {{shape: [2, 4]}}, s: {{shape: [2, 4]}}}}
+  nodes:
+    first: {{use: layer, in: [x, s]}}
+    again: {{repeat: 3, of: {{call: first}}, in: [first, s]}}
+    copies: {{repeat: 2, of: {LAYER}, in: [again, s]}}
+"""
+)
+
+
+def test_a_repeat_with_several_inputs_chains_its_copies_and_passes_the_rest_along() -> None:
+    model = modelspec.build(CHAINS)
+    x, s = torch.randn(2, 4), torch.randn(2, 4)
+    h = model.first(x, s)
+    for _ in range(3):
+        h = model.first(h, s)  # a repeated call: the one module, no new parameters
+    for copy in model.copies:
+        h = copy(h, s)
+    torch.testing.assert_close(model(x, s), h, rtol=0, atol=0)
+    assert list(model.state_dict()) == [
+        f"{m}.fc.{t}" for m in ("first", "copies.0", "copies.1") for t in ("weight", "bias")
+    ]
+    assert model.copies[0] is not model.copies[1]
+    assert "again_1 = self.first(again_0, s)" in model.code  # the generated forward, unrolled
+
+
+def test_a_repeated_call_adds_up_the_gradients_of_every_call() -> None:
+    model = modelspec.build(CHAINS)
+    x, s = torch.randn(2, 4), torch.randn(2, 4)
+    model(x, s).sum().backward()
+    layer = model.first.fc
+    copies = [nn.Linear(4, 4) for _ in range(4)]  # the first use and its three calls, untied
+    for c in copies:
+        c.load_state_dict(layer.state_dict())
+    h = x
+    for c in copies:
+        h = c(h) * s
+    for c in model.copies:
+        h = c(h, s)
+    h.sum().backward()
+    torch.testing.assert_close(layer.weight.grad, sum(c.weight.grad for c in copies), rtol=1e-5, atol=1e-6)
+
+
+def test_a_repeated_call_keeps_its_compact_canonical_form() -> None:
+    data = modelspec.compile_spec(CHAINS).spec.to_data()
+    assert data["model"]["nodes"]["again"] == {"repeat": 3, "of": {"call": "first"}, "in": ["first", "s"]}
+    again = modelspec.compile_spec(modelspec._yaml_scalars.dump(data)).spec
+    assert again.sha256 == modelspec.compile_spec(CHAINS).spec.sha256
+
+
+@pytest.mark.parametrize(
+    ("entry", "code"),
+    [
+        ("{repeat: 3, of: {call: nope}, in: [first, s]}", "unknown-layer-node"),
+        ("{repeat: 3, of: {call: first}, groups: 3, in: [first, s]}", "bad-repeat"),
+        ("{repeat: 3, of: {call: first}, trainable: false, in: [first, s]}", "bad-call"),
+        ("{repeat: 0, of: {call: first}, in: [first, s]}", "bad-argument"),
+        ("{repeat: 3, of: {call: first}, in: {x: first, scale: s}}", "bad-repeat"),
+        ("{repeat: 3, of: {call: first}, in: [first]}", "bad-arity"),
+    ],
+)
+def test_bad_repeated_calls(entry: str, code: str) -> None:
+    text = CHAINS.replace("{repeat: 3, of: {call: first}, in: [first, s]}", entry)
+    with pytest.raises(SpecError) as info:
+        modelspec.validate(text)
+    assert code in [d.code for d in info.value.diagnostics], info.value.diagnostics
