@@ -314,6 +314,20 @@ model:
 ties:
   - {param: head.weight, to: emb.tok.weight}
 """),
+    yaml.safe_load("""
+modelspec: 1
+vars: {d: 4, n: 2}
+blocks:
+  layer: {inputs: [x, s], nodes: {fc: {Linear: [$d, $d], in: x}, out: {mul: null, in: [fc, s]}}}
+model:
+  inputs: {x: {shape: [2, 4]}, s: {shape: [2, 4]}}
+  nodes:
+    first: {use: layer, in: [x, s]}
+    again: {repeat: $n, of: {call: first}, in: [first, s]}
+    copies: {repeat: $n, of: {inputs: [x, s], nodes: {fc: {Linear: [$d, $d], in: x}, m: {mul: null, in: [fc, s]}}},
+             in: [again, s]}
+    stack: {repeat: 3, of: [{Linear: [$d, $d]}, Tanh], groups: [1, 2], trainable: false}
+"""),
 ]  # fmt: skip
 
 
