@@ -245,7 +245,7 @@ def test_bad_overrides_on_the_command_line_exit_2_and_write_nothing(tmp_path: Pa
 
 
 # ---------------------------------------------------------------- properties of the evaluator
-_NUMBERS = st.one_of(st.integers(-(2**64), 2**64), st.floats(allow_nan=False, width=64))
+_NUMBERS = st.one_of(st.integers(-(2**64), 2**64), st.floats(allow_nan=False, allow_infinity=False, width=64))
 _OPS = ("+", "-", "*", "/", "//", "%", "**")
 Tree = tuple  # ("num", value) | ("var", name) | ("neg", tree) | (op, left, right)
 
