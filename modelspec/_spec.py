@@ -22,6 +22,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ._errors import Collector, Diagnostic, SpecPath, did_you_mean
+from ._init import InitRule, Rule, parse_rules
 from ._nodes import (
     RESERVED,
     RESERVED_CHILD_NAMES,
@@ -119,6 +120,10 @@ class SpecFile(BaseModel):
         default_factory=list,
         description="parameter ties: each 'param' becomes 'to' (the same nn.Parameter), or reads it transposed",
     )
+    init: list[InitRule] = Field(
+        default_factory=list,
+        description="init rules, applied in order after the default init; for each parameter the last match wins",
+    )
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ class Spec:
     model: Node | None
     models: dict[str, Node] | None
     ties: tuple[Tie, ...] = ()
+    init: tuple[Rule, ...] = ()
     file: str = "<spec>"
     sha256: str = ""  # canonical_sha256(self), set by parse()
     positions: dict[SpecPath, tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
@@ -165,6 +171,8 @@ class Spec:
             data["model"] = node_to_data(self.model, ordered)  # type: ignore[arg-type]
         if self.ties:  # absent when empty: specs without ties keep their hash
             data["ties"] = [t.to_data() for t in self.ties]
+        if self.init:  # absent when empty, as ties
+            data["init"] = [r.to_data() for r in self.init]
         return data
 
 
@@ -188,7 +196,7 @@ def parse(doc: Document) -> Spec:
             hint="set 'modelspec: 1', or upgrade modelspec",
         )
     for key in data:
-        if key in RESERVED:
+        if key in RESERVED and key not in SpecFile.model_fields:
             reserved(errors, key, (key,))
         elif key not in SpecFile.model_fields:
             errors.add(
@@ -201,7 +209,7 @@ def parse(doc: Document) -> Spec:
         errors.add("conflicting-keys", "give either 'model' or 'models', not both", ("models",))
     elif "model" not in data and "models" not in data:
         errors.add("missing-key", "the spec defines no model", hint="add 'model:' (or 'models:' for several)")
-    known = {k: v for k, v in data.items() if k in SpecFile.model_fields}
+    known = {k: v for k, v in data.items() if k in SpecFile.model_fields and k != "init"}  # init: parse_rules
     known["modelspec"] = FORMAT_VERSION  # checked above; go on checking the rest
     top: SpecFile | None = None
     try:
@@ -235,6 +243,7 @@ def parse(doc: Document) -> Spec:
                     ("models", name),
                     hint=f"choose another name, e.g. '{name.strip('_')}_model'",
                 )
+    rules = parse_rules(data["init"], errors) if "init" in data else ()
     errors.raise_if_errors()
     assert top is not None
     spec = Spec(
@@ -246,6 +255,7 @@ def parse(doc: Document) -> Spec:
         model=model,
         models=models,
         ties=tuple(Tie(t.param, t.to, t.transposed, ("ties", i)) for i, t in enumerate(top.ties)),
+        init=rules,
         file=doc.file,
         positions=doc.positions,
         warnings=tuple(errors.warnings),

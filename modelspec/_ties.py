@@ -173,6 +173,10 @@ def apply_ties(root: nn.Module, ties: Sequence[Any], errors: Collector) -> None:
         elif a.dtype != b.dtype or a.device != b.device:
             errors.add("tie-dtype", f"'{tie.param}' is {a.dtype} on {a.device}, '{tie.to}' is {b.dtype} on {b.device}",
                        tie.path)  # fmt: skip
+        elif a.requires_grad != b.requires_grad:  # one tensor after the tie: it cannot be both
+            frozen, trainable = (tie.param, tie.to) if b.requires_grad else (tie.to, tie.param)
+            errors.add("tie-frozen", f"'{frozen}' is frozen but '{trainable}' is trainable: tied, they are one tensor",
+                       tie.path, hint="freeze both layers ('trainable: false') or neither")  # fmt: skip
     for tie in ok:
         if tie.to in targets and targets[tie.to].transposed:
             source = targets[tie.to].to
