@@ -27,8 +27,8 @@ from torch.nn.parameter import UninitializedParameter
 from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
 from ._flow import GraphInfo
-from ._init import apply_init
 from ._fmt import human_bytes
+from ._init import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Seq, Use, iter_uses
 from ._resolve import Resolved

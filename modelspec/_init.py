@@ -59,9 +59,19 @@ __all__ = ["METHODS", "SELECTORS", "InitRule", "Rule", "apply_init", "parse_rule
 _Num = Annotated[float, Field(allow_inf_nan=False)]
 _Std = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 _Nonlinearity = Literal[
-    "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "sigmoid", "tanh", "relu", "leaky_relu", "selu",
-]  # fmt: skip
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+]
 #: a ``rename`` prefix: a module path, or "" for every name
 _PREFIX = r"^([A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)?$"
 
@@ -201,8 +211,12 @@ class Rule:
 def parse_rules(raw: Any, errors: Collector) -> tuple[Rule, ...]:
     """Validate the top-level ``init`` list; every problem goes to ``errors``."""
     if not isinstance(raw, list):
-        errors.add("wrong-type", "'init' is a list of rules", ("init",),
-                   hint="e.g. 'init: [{layer: Linear, normal: {std: 0.02}}]'")  # fmt: skip
+        errors.add(
+            "wrong-type",
+            "'init' is a list of rules",
+            ("init",),
+            hint="e.g. 'init: [{layer: Linear, normal: {std: 0.02}}]'",
+        )
         return ()
     rules = []
     for i, item in enumerate(raw):
@@ -214,26 +228,49 @@ def parse_rules(raw: Any, errors: Collector) -> tuple[Rule, ...]:
 
 def _parse_rule(item: Any, path: SpecPath, errors: Collector) -> Rule | None:
     if not isinstance(item, dict):
-        errors.add("wrong-type", "an init rule is a mapping of selectors and one method", path,
-                   hint="e.g. '{params: \"*.bias\", zeros}'")  # fmt: skip
+        errors.add(
+            "wrong-type",
+            "an init rule is a mapping of selectors and one method",
+            path,
+            hint="e.g. '{params: \"*.bias\", zeros}'",
+        )
         return None
     ok = True
     if not any(k in item for k in SELECTORS):
-        errors.add("init-selector", "the rule selects nothing", path,
-                   hint="add 'params:' (globs over parameter names), 'layer:' or 'block:'")  # fmt: skip
+        errors.add(
+            "init-selector",
+            "the rule selects nothing",
+            path,
+            hint="add 'params:' (globs over parameter names), 'layer:' or 'block:'",
+        )
         ok = False
     given = [k for k in (*METHODS, "from") if k in item]
-    if not given:
-        errors.add("init-method", "the rule has no method", path,
-                   hint=f"add one of: {', '.join(METHODS)}; or 'from:' a build folder")  # fmt: skip
+    slips = [k for k in item if k not in InitRule.model_fields and k != "from" and closest(str(k), METHODS)]
+    if not given and slips:
+        ok = False  # 'nromal': reported as an unknown key with its did-you-mean, not as a missing method
+    elif not given:
+        errors.add(
+            "init-method",
+            "the rule has no method",
+            path,
+            hint=f"add one of: {', '.join(METHODS)}; or 'from:' a build folder",
+        )
         ok = False
     elif len(given) > 1:
-        errors.add("init-method", f"one method per rule: '{given[0]}' and '{given[1]}'", (*path, given[1]),
-                   hint="write a second rule; for each parameter the last rule that selects it wins")  # fmt: skip
+        errors.add(
+            "init-method",
+            f"one method per rule: '{given[0]}' and '{given[1]}'",
+            (*path, given[1]),
+            hint="write a second rule; for each parameter the last rule that selects it wins",
+        )
         ok = False
     if "rename" in item and "from" not in item:
-        errors.add("init-method", "'rename' maps names for 'from'", (*path, "rename"),
-                   hint="add 'from: FOLDER', or remove 'rename'")  # fmt: skip
+        errors.add(
+            "init-method",
+            "'rename' maps names for 'from'",
+            (*path, "rename"),
+            hint="add 'from: FOLDER', or remove 'rename'",
+        )
         ok = False
     try:
         rule = InitRule.model_validate(item)
@@ -285,12 +322,14 @@ def _value_problems(rule: InitRule) -> list[tuple[SpecPath, str, str | None]]:
         if t.a >= t.b:
             out.append((("trunc_normal",), f"a {t.a} must be below b {t.b}", None))
         elif _mass(t.mean, t.std, t.a, t.b) < _MIN_MASS:
-            out.append((
-                ("trunc_normal",),
-                f"[{t.a}, {t.b}] holds {_mass(t.mean, t.std, t.a, t.b):.2g} of N({t.mean}, {t.std}^2): "
-                f"values outside are redrawn, so it must hold at least {_MIN_MASS}",
-                "a and b are absolute bounds, not multiples of std: e.g. a: -2 * std, b: 2 * std",
-            ))  # fmt: skip
+            out.append(
+                (
+                    ("trunc_normal",),
+                    f"[{t.a}, {t.b}] holds {_mass(t.mean, t.std, t.a, t.b):.2g} of N({t.mean}, {t.std}^2): "
+                    f"values outside are redrawn, so it must hold at least {_MIN_MASS}",
+                    "a and b are absolute bounds, not multiples of std: e.g. a: -2 * std, b: 2 * std",
+                )
+            )
     return out
 
 
@@ -399,13 +438,18 @@ def _select(
             where = (*rule.path, "params", j) if rule.forms.get("params") else (*rule.path, "params")
             found = {n for n in params.tensors if fnmatch.fnmatchcase(n, glob)}
             if not found:
-                errors.add("init-unmatched", f"'{glob}' matches no parameter", where,
-                           hint=_glob_hint(glob, params, transposed))  # fmt: skip
+                errors.add(
+                    "init-unmatched", f"'{glob}' matches no parameter", where, hint=_glob_hint(glob, params, transposed)
+                )
                 failed = True
             elif not _has_wildcard(glob) and params.owner[glob] != glob:
                 owner = params.owner[glob]
-                errors.add("init-alias", f"'{glob}' is the tensor '{owner}' under another name", where,
-                           hint=f"a tied tensor is initialised once, by its owner: select '{owner}'")  # fmt: skip
+                errors.add(
+                    "init-alias",
+                    f"'{glob}' is the tensor '{owner}' under another name",
+                    where,
+                    hint=f"a tied tensor is initialised once, by its owner: select '{owner}'",
+                )
                 failed = True
             union |= found
         chosen.append(union)
@@ -415,8 +459,12 @@ def _select(
             where = (*rule.path, "layer", j) if rule.forms.get("layer") else (*rule.path, "layer")
             classes = _layer_classes(name)
             if classes is None:
-                errors.add("unknown-layer", f"unknown layer type '{name}'", where,
-                           hint=did_you_mean(name, registry.layer_names()) or "a layer type name, e.g. Linear")  # fmt: skip
+                errors.add(
+                    "unknown-layer",
+                    f"unknown layer type '{name}'",
+                    where,
+                    hint=did_you_mean(name, registry.layer_names()) or "a layer type name, e.g. Linear",
+                )
                 failed = True
                 continue
             sites = {q for q, m in modules.items() if isinstance(m, classes)}
@@ -430,8 +478,12 @@ def _select(
     if rule.block is not None:
         where = (*rule.path, "block")
         if rule.block not in block_sites:
-            errors.add("unknown-block", f"there is no block '{rule.block}'", where,
-                       hint=did_you_mean(rule.block, block_sites) or "blocks are the names under 'blocks:'")  # fmt: skip
+            errors.add(
+                "unknown-block",
+                f"there is no block '{rule.block}'",
+                where,
+                hint=did_you_mean(rule.block, block_sites) or "blocks are the names under 'blocks:'",
+            )
             failed = True
         else:
             found = params.under(set(block_sites[rule.block]))
@@ -444,8 +496,12 @@ def _select(
         return None
     selected = set.intersection(*chosen)
     if not selected:
-        errors.add("init-unmatched", f"{' and '.join(k for k in SELECTORS if _given(rule, k))} select no parameter "
-                   "together", rule.path, hint="each selector matches something, but not the same parameters")  # fmt: skip
+        errors.add(
+            "init-unmatched",
+            f"{' and '.join(k for k in SELECTORS if _given(rule, k))} select no parameter together",
+            rule.path,
+            hint="each selector matches something, but not the same parameters",
+        )
         return None
     return selected
 
@@ -490,7 +546,8 @@ def apply_init(
                 f"the rule selects only names of tied tensors owned elsewhere, e.g. '{example}' (owner "
                 f"'{params.owner[example]}')",
                 rule.path,
-                hint="a tied tensor is initialised once, by its owner: select " + ", ".join(f"'{o}'" for o in owners[:3]),
+                hint="a tied tensor is initialised once, by its owner: select "
+                + ", ".join(f"'{o}'" for o in owners[:3]),
             )
             continue
         owned[i] = mine
@@ -547,8 +604,12 @@ def _read(source: Source, names: list[str], rule: Rule, errors: Collector) -> di
     try:
         return source.read(names)
     except CheckpointError as e:
-        errors.add("transfer-source", f"cannot take tensors from '{rule.source}': {e} [{e.code}]",
-                   (*rule.path, "from"), hint="rebuild the source folder")  # fmt: skip
+        errors.add(
+            "transfer-source",
+            f"cannot take tensors from '{rule.source}': {e} [{e.code}]",
+            (*rule.path, "from"),
+            hint="rebuild the source folder",
+        )
         return {}
 
 
@@ -562,8 +623,12 @@ def _check_shapes(rules: Sequence[Rule], winners: dict[str, int], params: _Param
         rule = rules[i]
         shown = ", ".join(f"'{n}' {list(params.tensors[n].shape)}" for n in names[:4])
         more = f" and {len(names) - 4} more" if len(names) > 4 else ""
-        errors.add("init-shape", f"{rule.method} needs parameters of at least 2 dims (fan in and out): {shown}{more}",
-                   (*rule.path, rule.method), hint="select the weights, e.g. add 'params: \"*.weight\"'")  # fmt: skip
+        errors.add(
+            "init-shape",
+            f"{rule.method} needs parameters of at least 2 dims (fan in and out): {shown}{more}",
+            (*rule.path, rule.method),
+            hint="select the weights, e.g. add 'params: \"*.weight\"'",
+        )
 
 
 def _source_folder(spec_file: str, source: str) -> Path:
@@ -591,9 +656,12 @@ def _check_sources(
                 opened[folder] = e
         source = opened[folder]
         if isinstance(source, CheckpointError):
-            errors.add("transfer-source", f"cannot take tensors from '{rule.source}': {source} [{source.code}]",
-                       (*rule.path, "from"),
-                       hint="'from' is a build folder written by 'modelspec build', relative to the spec's folder")  # fmt: skip
+            errors.add(
+                "transfer-source",
+                f"cannot take tensors from '{rule.source}': {source} [{source.code}]",
+                (*rule.path, "from"),
+                hint="'from' is a build folder written by 'modelspec build', relative to the spec's folder",
+            )
             continue
         problems = []
         for n in names:
@@ -610,13 +678,19 @@ def _check_sources(
             elif _ST_DTYPES.get(p.dtype) != dtype:
                 problems.append(f"'{n}' {str(p.dtype).removeprefix('torch.')}: '{found}' is {dtype}")
         if problems:
-            shown = "\n    ".join(problems[:20]) + (f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+            shown = "\n    ".join(problems[:20]) + (
+                f"\n    ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            )
             hint = "map our names to the source's with 'rename: {our_prefix: their_prefix}'"
             if rule.renames:
                 hint = "check 'rename' and the layer sizes against the source's spec.yaml"
-            errors.add("transfer-mismatch",
-                       f"{len(problems)} of {len(names)} selected parameter(s) find no matching tensor in "
-                       f"'{rule.source}':\n    {shown}", (*rule.path, "from"), hint=hint)  # fmt: skip
+            errors.add(
+                "transfer-mismatch",
+                f"{len(problems)} of {len(names)} selected parameter(s) find no matching tensor in "
+                f"'{rule.source}':\n    {shown}",
+                (*rule.path, "from"),
+                hint=hint,
+            )
             continue
         out[i] = source
     return out

@@ -92,7 +92,9 @@ class Source:
             raise CheckpointError(f"{folder} {what}", code="not-a-folder")
         path = folder / SOURCE_CHECKPOINT
         if not path.is_file():
-            raise CheckpointError(f"{folder} is not a build folder (it has no {SOURCE_CHECKPOINT})", code="not-a-build-folder")
+            raise CheckpointError(
+                f"{folder} is not a build folder (it has no {SOURCE_CHECKPOINT})", code="not-a-build-folder"
+            )
         self.checkpoint = open_checkpoint(path)
 
     def find(self, name: str) -> str | None:
@@ -118,8 +120,9 @@ class Source:
             raise CheckpointError(f"{path}: cannot read the tensors: {e}", code="unreadable") from e
         for name, t in out.items():
             if sha256_of(t) != self.checkpoint.sha256[name]:
-                raise CheckpointError(f"{path}: checksum mismatch in '{name}': the file is damaged",
-                                      code="checksum-mismatch")  # fmt: skip
+                raise CheckpointError(
+                    f"{path}: checksum mismatch in '{name}': the file is damaged", code="checksum-mismatch"
+                )
         return out
 
 
@@ -138,5 +141,6 @@ def transfers_of(value: Any, path: Path) -> tuple[Transfer, ...]:
     try:
         return tuple(pydantic.TypeAdapter(list[Transfer]).validate_python(value))
     except pydantic.ValidationError as e:
-        raise CheckpointError(f"{path}: damaged metadata 'transfers': {e.error_count()} problem(s)",
-                              code="metadata-damaged") from e  # fmt: skip
+        raise CheckpointError(
+            f"{path}: damaged metadata 'transfers': {e.error_count()} problem(s)", code="metadata-damaged"
+        ) from e
