@@ -286,6 +286,11 @@ def render_text(report: Report, depth: int | None = None) -> str:
         for b in report.blocks:
             used = ", ".join(map(_site, b.sites)) or "nowhere (unused)"
             out.append(clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
+    if report.transfers:
+        out += ["", "transferred (init rules with 'from:'):"]
+        for t in report.transfers:
+            digest = t.checkpoint_sha256[:12]
+            out.append(clip(f"  init[{t.rule}]: {len(t.tensors)} tensor(s) from {t.source} (checkpoint {digest})", 100))
     out += ["", "totals:", *_totals_lines(report)]
     return "\n".join(out) + "\n"
 

@@ -430,3 +430,20 @@ def test_same_bits_on_cuda(tmp_path: Path) -> None:
             torch.testing.assert_close(q.cpu(), p, atol=1e-6, rtol=0)
         else:
             assert sha(p) == sha(q.cpu()), name
+
+
+def test_readme_rules_build(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Initialisation, freezing and transfer") : text.index("## Command line")]
+    rules = section.split("```yaml\n")[1].split("```")[0]
+    model = HEAD + """\
+input: {shape: [2, 3], dtype: int64}
+blocks:
+  head: {Linear: [8, 10]}
+model:
+  wte: {Embedding: [10, 8]}
+  h: [{attn: {c_proj: {Linear: [8, 8]}}}]
+  head: {use: head}
+"""
+    m = build(tmp_path, model + rules)
+    assert (m.h[0].attn.c_proj.bias == 0).all() and abs(m.wte.weight.std().item() - 0.02) < 0.01

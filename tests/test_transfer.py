@@ -16,7 +16,7 @@ from conftest import write
 import modelspec
 from modelspec import _api, _transfer
 from modelspec._errors import SpecError
-from modelspec._report import render_json
+from modelspec._report import render_json, render_text
 from modelspec.cli import main
 
 TRUNK = """\
@@ -80,6 +80,7 @@ def test_the_build_folder_records_it_and_loads_without_the_source(tmp_path: Path
     assert [t["source"] for t in report["transfers"]] == ["trunk-build"]
     assert len(report["transfers"][0]["tensors"]) == 4
     assert "## Transferred parameters" in (out / "report.md").read_text()
+    assert "init[1]: 4 tensor(s) from trunk-build" in render_text(res.report)
     shutil.rmtree(tmp_path / "trunk-build")  # the fine-tuned folder stands alone
     loaded = modelspec.load(out)
     for k, v in res.module.state_dict().items():
