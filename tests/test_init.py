@@ -436,7 +436,8 @@ def test_readme_rules_build(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## Initialisation, freezing and transfer") : text.index("## Command line")]
     rules = section.split("```yaml\n")[1].split("```")[0]
-    model = HEAD + """\
+    model = """\
+modelspec: 1
 input: {shape: [2, 3], dtype: int64}
 blocks:
   head: {Linear: [8, 10]}
