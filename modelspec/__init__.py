@@ -6,7 +6,20 @@
 True
 """
 
-from ._api import build, build_info, compile_spec, diff, grads, load, report, retie, save, validate, write_build
+from ._api import (
+    build,
+    build_info,
+    compile_spec,
+    diff,
+    grads,
+    load,
+    materialize,
+    report,
+    retie,
+    save,
+    validate,
+    write_build,
+)
 from ._build import BuildInfo
 from ._errors import (
     BuildDirError,
@@ -20,6 +33,7 @@ from ._errors import (
     UsageError,
 )
 from ._inventory import Report
+from ._registry import register_layer
 from ._version import __version__
 
 __all__ = [
@@ -41,6 +55,8 @@ __all__ = [
     "diff",
     "grads",
     "load",
+    "materialize",
+    "register_layer",
     "report",
     "retie",
     "save",

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import torch
@@ -26,6 +27,7 @@ from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
 from ._memory import allocating, tensor_bytes
+from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
@@ -44,7 +46,9 @@ __all__ = [
     "compile_spec",
     "diff",
     "grads",
+    "import_plugins",
     "load",
+    "materialize",
     "open_target",
     "report",
     "retie",
@@ -78,24 +82,30 @@ def _read(source: SpecSource) -> tuple[str, str]:
     return read_file(path), str(path)  # at most MAX_BYTES, UTF-8, else a SpecError
 
 
-def compile_spec(source: SpecSource) -> Resolved:
+Overrides = Mapping[str, Any]
+
+
+def compile_spec(source: SpecSource, *, overrides: Overrides | None = None) -> Resolved:
     """Load, validate and resolve a spec (a path or YAML text) without building it.
+
+    ``overrides`` replace values of the spec's ``vars`` (as ``--set NAME=VALUE`` does).
 
     Raises:
         SpecError: listing every problem, each with file:line:col and a path in the spec.
     """
     text, file = _read(source)
-    return resolve(parse(load_text(text, file)))
+    return resolve(parse(load_text(text, file), dict(overrides) if overrides else None))
 
 
-def validate(source: SpecSource) -> list[Diagnostic]:
+def validate(source: SpecSource, *, overrides: Overrides | None = None) -> list[Diagnostic]:
     """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError.
 
-    Parameter ties name parameters of the built model, so a spec with ``ties:`` is also
-    built on ``meta`` (shapes only, nothing allocated) to check each tie's names, shapes
-    and dtypes; so is a spec with ``init:`` rules (their selectors name parameters too)."""
-    resolved = compile_spec(source)
-    if resolved.spec.ties or resolved.spec.init:
+    Parameter ties name parameters of the built model, so a spec with ``ties:`` (or with
+    ``trainable:``, which must agree across a shared tensor, or ``init:`` rules, whose
+    selectors name parameters) is also built on ``meta`` (shapes only, nothing allocated)
+    to check each tie's names, shapes and dtypes."""
+    resolved = compile_spec(source, overrides=overrides)
+    if resolved.spec.ties or resolved.spec.freezes or resolved.spec.init:
         build_module(resolved, device="meta")
     return list(resolved.spec.warnings)
 
@@ -169,7 +179,12 @@ def _build(
 
 
 def build(
-    source: SpecSource, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    source: SpecSource,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    overrides: Overrides | None = None,
+    **variables: Any,
 ) -> nn.Module:
     """Build the model a spec describes.
 
@@ -177,6 +192,8 @@ def build(
         source: a path to a YAML spec, or the YAML text itself.
         device: where to allocate; ``"meta"`` gives shapes and counts without memory.
         dtype: convert floating-point parameters after building (e.g. ``torch.bfloat16``).
+        overrides: new values for the spec's ``vars`` (``{"n_layer": 24}``); variables
+            may also be given as keywords (``n_layer=24``).
 
     Returns:
         The model, or an ``nn.ModuleDict`` keyed by model name for a spec with ``models:``.
@@ -189,8 +206,9 @@ def build(
         >>> net = modelspec.build("specs/d2l/shared.yaml")
         >>> net[2] is net[4]
         True
+        >>> gpt2_medium = modelspec.build("specs/zoo/gpt2.yaml", device="meta", n_layer=24, d_model=1024, n_head=16)
     """
-    resolved = compile_spec(source)
+    resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
     for w in resolved.spec.warnings:
         warnings.warn(str(w), SpecWarning, stacklevel=2)
     return _build(resolved, device, dtype)
@@ -236,6 +254,7 @@ def _resolved_header(spec: Spec) -> str:
     return (
         f"# Resolved by modelspec from {Path(spec.file).name} (canonical sha256 {spec.sha256}).\n"
         "# Positional arguments are bound to their names; anchors and aliases are expanded.\n"
+        + ("# Variables are substituted; 'vars' holds the values used.\n" if spec.vars else "")
     )
 
 
@@ -256,6 +275,7 @@ def write_build(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     progress: Progress | None = None,
+    overrides: Overrides | None = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
 
@@ -272,7 +292,7 @@ def write_build(
         raise BuildDirError(
             "cannot write a checkpoint of a model on the meta device; use 'modelspec report'", code="meta-device"
         )
-    resolved = compile_spec(source)
+    resolved = compile_spec(source, overrides=overrides)
     dt = _parse_dtype(dtype)
     recover(out)
     check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
@@ -548,6 +568,59 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
     return _build(resolved, device, None, transfer=False)
 
 
+def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.Module:
+    """Give a model built on ``meta`` the values ``build`` would give it on ``device``.
+
+    The values are those of ``modelspec.build(spec, device=device)``, bit for bit: the
+    same seed, default and rule-based initialization, ties and frozen parameters. The
+    module objects stay the ones you hold (hooks, wrappers and references to submodules
+    keep working); their parameters and buffers are replaced in place, so shared blocks
+    and ties hold as before.
+
+    Raises:
+        UsageError: ``no-spec`` (not a model modelspec built), ``bad-device``,
+            ``structure-changed`` (its modules, parameters or buffers differ from the spec's).
+
+    Example:
+        >>> model = modelspec.build("specs/zoo/gpt2.yaml", device="meta")
+        >>> model = modelspec.materialize(model)  # the same weights as a direct build
+    """
+    info = _INFO.get(model)
+    if info is None:
+        raise UsageError(
+            "modelspec does not know this module's spec: materialize a model from modelspec.build(..., device='meta')",
+            code="no-spec",
+        )
+    dev = _parse_device(device)
+    if dev.type == "meta":
+        raise UsageError("materialize gives real values: choose a device other than 'meta'", code="bad-device")
+    floating = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    dtype = next(iter(floating)) if len(floating) == 1 and floating != {torch.float32} else None
+    fresh, _ = build_module(resolve(info.spec), device=dev, dtype=dtype)
+    ours = dict(model.named_modules(remove_duplicate=False))
+    theirs = dict(fresh.named_modules(remove_duplicate=False))
+    problems = [n or "(the model)" for n in ours.keys() ^ theirs.keys()]
+    for n, m in ours.items():
+        other = theirs.get(n)
+        # fx gives every GraphModule a class of its own: compare class names
+        if other is not None and (
+            type(m).__name__ != type(other).__name__
+            or set(m._parameters) != set(other._parameters)
+            or set(m._buffers) != set(other._buffers)
+        ):
+            problems.append(f"{n or '(the model)'} ({type(m).__name__})")
+    if problems:
+        shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise UsageError(f"the model no longer has the structure its spec builds: {shown}", code="structure-changed")
+    for name, module in ours.items():
+        source = theirs[name]
+        for key in module._parameters:
+            module._parameters[key] = source._parameters[key]  # the same objects: ties carry over
+        for key in module._buffers:
+            module._buffers[key] = source._buffers[key]
+    return model
+
+
 # ------------------------------------------------------------------ reports, diffs, gradients
 @dataclass(frozen=True)
 class Target:
@@ -563,7 +636,11 @@ class Target:
 
 
 def open_target(
-    path: str | os.PathLike[str], *, device: str | torch.device = "cpu", progress: Progress | None = None
+    path: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+    overrides: Overrides | None = None,
 ) -> Target:
     """Open ``path``: a spec (built on ``device``; ``meta`` for structure only), a build
     folder (loaded and verified), or a ``report.json`` (read and checked for consistency).
@@ -576,6 +653,9 @@ def open_target(
     p = Path(path)
     if not p.exists():
         recover(p)  # a build killed between its two renames: the old folder comes back
+    if overrides and (p.is_dir() or p.suffix == ".json"):
+        raise UsageError(f"{p}: variables can be set for a spec only, not for a build folder or a report",
+                         code="bad-usage")  # fmt: skip
     if p.is_dir():
         module, ckpt = _load(p, torch.device("cpu"))
 
@@ -592,7 +672,7 @@ def open_target(
         except OSError as e:
             raise ReportError(f"cannot read {p}: {e.strerror}", code="file-error") from e
         return Target(read_report(data, str(p)), None, None)  # schema and consistency checked
-    module = _build(compile_spec(p), device, None)
+    module = _build(compile_spec(p, overrides=overrides), device, None)
     return Target(report(module, progress=progress), module, None)
 
 

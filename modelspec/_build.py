@@ -30,7 +30,7 @@ from ._flow import GraphInfo
 from ._fmt import human_bytes
 from ._init import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
-from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Seq, Use, iter_uses
+from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
 from ._resolve import Resolved
 from ._rng import PortableInit
 from ._spec import Spec
@@ -85,10 +85,13 @@ class _Builder:
         self.blocks: dict[str, nn.Module] = {}
         self.paths: dict[int, SpecPath] = {}  # id(module) -> defining spec path
         self.graphs: dict[int, GraphInfo] = {}  # id(GraphModule) -> its graph
+        self.trainable: dict[int, tuple[bool, SpecPath]] = {}  # id(module) -> its 'trainable:' and where
 
     def node(self, node: Node) -> nn.Module:
         module = node.build(self)  # each kind builds itself (see _nodes); a use returns its block
         self.paths.setdefault(id(module), node.path)
+        if getattr(node, "trainable", None) is not None:
+            self.trainable[id(module)] = (bool(node.trainable), node.path)
         return module
 
     def layer(self, node: Layer) -> nn.Module:
@@ -192,14 +195,57 @@ def build_module(
     errors.raise_if_errors()
     apply_ties(root, spec.ties, errors)
     errors.raise_if_errors()
+    _apply_trainable(root, builder.trainable, errors)
+    errors.raise_if_errors()
     info = _info(root, spec, builder)
-    # init rules last: after the default init, the example pass and the ties (see _init)
+    # init rules last: after the default init, the example pass, the ties and freezing (see _init)
     transfers = apply_init(root, spec.init, spec_file=spec.file, block_sites=info.block_sites,
                            generator=generator, errors=errors, transfer=transfer)  # fmt: skip
     errors.raise_if_errors()
     if dtype is not None:
         root = root.to(dtype)  # keeps module and parameter ties (see TIES-IN-TORCH.md)
     return root, replace(info, transfers=transfers)
+
+
+def _apply_trainable(root: nn.Module, flags: dict[int, tuple[bool, SpecPath]], errors: Collector) -> None:
+    """``trainable: false`` freezes a node's parameters; an inner ``trainable: true`` wins.
+
+    A parameter reached under several names (a shared block, a tie) must get one setting:
+    one tensor cannot be frozen at one use and trained at another."""
+    if not flags:
+        return
+    found: dict[int, tuple[nn.Parameter, dict[bool, tuple[str, SpecPath | None]]]] = {}
+
+    def visit(module: nn.Module, prefix: str, flag: bool, where: SpecPath | None) -> None:
+        if id(module) in flags:
+            flag, where = flags[id(module)]
+        for name, p in module._parameters.items():
+            if p is not None:
+                seen = found.setdefault(id(p), (p, {}))[1]
+                seen.setdefault(flag, (prefix + name, where))
+        for name, child in module._modules.items():
+            if child is not None:
+                visit(child, f"{prefix}{name}.", flag, where)
+
+    visit(root, "", True, None)
+    conflicts: dict[SpecPath, list[tuple[str, str]]] = {}
+    for p, seen in found.values():
+        if len(seen) > 1:
+            (frozen, at), (trained, there) = seen[False], seen[True]
+            conflicts.setdefault(at or there or (), []).append((frozen, trained))
+        else:
+            p.requires_grad_(next(iter(seen)))
+    for at, pairs in conflicts.items():
+        frozen, trained = pairs[0]
+        more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
+        errors.add(
+            "trainable-conflict",
+            f"parameter '{frozen}'{more} is frozen here but the same tensor is trainable as '{trained}' "
+            "(a shared block or a tie): one tensor cannot be both",
+            at,
+            hint="set 'trainable' alike at every place that holds it (on the block's definition, or both ends "
+            "of the tie)",
+        )
 
 
 def _materialize(
@@ -386,6 +432,8 @@ def _locate(spec: Spec, model: str, keys: tuple[str, ...]) -> _Site:
             break
         if isinstance(node, Seq) and key.isdigit() and int(key) < len(node.items):
             node = node.items[int(key)]
+        elif isinstance(node, Repeat) and key.isdigit() and int(key) < node.count:
+            node = node.body
         elif isinstance(node, Children) and key in dict(node.children):
             node = dict(node.children)[key]
         else:

@@ -2,12 +2,14 @@
 
 Every error modelspec raises derives from :class:`ModelspecError`::
 
-    ModelspecError          missing-dependency (matplotlib for histograms), report-mismatch
+    ModelspecError          missing-dependency (matplotlib for histograms), report-mismatch,
+    │                       plugin-error (a --plugin module or an entry point failed to load)
     ├── SpecError           the spec is invalid; carries ranked Diagnostics with positions
     │                       (code spec; each Diagnostic has its own code)
     ├── UsageError          an option is invalid: device, dtype, batch, input tensor (also a ValueError)
     │                       bad-device, bad-dtype, bad-option, too-large, no-input, input-mismatch,
-    │                       no-gradient, no-model, no-values, unreadable-input, ambiguous-input
+    │                       no-gradient, no-model, no-values, unreadable-input, ambiguous-input;
+    │                       register_layer: not-a-layer, bad-layer-name, shadowed-layer, layer-name-taken
     ├── BuildDirError       a build folder or output file is missing, incomplete or in the way
     │                       not-a-build-folder, in-the-way, would-overwrite-spec, would-overwrite-input,
     │                       not-a-folder, not-a-file, no-spec, meta-device, interrupted

@@ -11,7 +11,12 @@ A *node* is one of:
 ``{net: node, linear: node}``          named children, run in order (lowercase names)
 ``{use: shared}``                      the named block ``shared``: the same object
 ``{inputs: .., nodes: .., outputs: ..}``  a data-flow graph: a generated ``torch.fx.GraphModule``
+``{repeat: 12, of: node}``             12 independent copies of ``node`` (``of: {use: b}``: one
+                                       object 12 times; ``groups: [1, 11]``: one per group)
 =====================================  ==============================================
+
+A mapping node may also say ``trainable: false`` (its parameters are frozen); a list
+takes it in the mapping form ``{Sequential: [...], trainable: false}``.
 
 Inside a graph's ``nodes:`` an entry may also be an *op* (``{add: null, in: [a, b]}``,
 see :mod:`modelspec._ops`) and any entry may name its inputs with ``in:``.
@@ -36,7 +41,7 @@ import re
 import typing
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
@@ -66,6 +71,7 @@ __all__ = [
     "NodeParser",
     "Op",
     "Ref",
+    "Repeat",
     "Seq",
     "Use",
     "iter_uses",
@@ -84,16 +90,21 @@ _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)((?:\[-?[0-9]+\])*)$")
 GRAPH_KEYS = ("inputs", "nodes", "outputs", "params", "buffers")
 #: Names nn.Sequential / nn.ModuleDict / fx.GraphModule use themselves: no child,
 #: model or graph node can take them.
-RESERVED_CHILD_NAMES = frozenset(dir(nn.Sequential())) | {"use", "in", *GRAPH_KEYS}
+#: Keywords of a mapping node beside its layer, children or graph.
+KEYWORDS = ("repeat", "trainable")
+REPEAT_KEYS = ("repeat", "of", "groups", "trainable")
+#: Most copies a ``repeat`` makes: a guard against a typo building for hours.
+MAX_REPEAT = 10_000
+RESERVED_CHILD_NAMES = frozenset(dir(nn.Sequential())) | {"use", "in", *GRAPH_KEYS, *KEYWORDS}
 RESERVED_GRAPH_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph()))) | {"in"}
 RESERVED_CONTAINER_NAMES = frozenset(dir(nn.ModuleDict()))
 #: Keywords of later format versions -> what they will do, and what to write today.
 RESERVED: dict[str, tuple[str, str]] = {
-    "repeat": ("repeating a node", "write the copies out; a YAML anchor and aliases give independent copies"),
-    "vars": ("variables", "write the values out"),
     "init": ("initialization settings", "set 'seed'; initialize further in Python after modelspec.build"),
-    "trainable": ("freezing parameters", "call requires_grad_(False) in Python after modelspec.build"),
-    "plugins": ("plugins", "remove it: layers come from torch.nn only"),
+    "plugins": (
+        "plugins",
+        "a spec cannot load code: pass --plugin MODULE to the command, or call modelspec.register_layer in Python",
+    ),
     "overrides": ("overriding parts of a spec", "edit the spec itself"),
 }
 _CONTAINER_HINTS = {
@@ -156,13 +167,16 @@ class Layer:
     values: dict[str, Any]  # the plain arguments, validated for the constructor (tuples, ...)
     path: SpecPath
     modules: tuple[tuple[str, Node], ...] = ()
+    trainable: bool | None = None  # ``trainable: false`` freezes its parameters
 
     def to_data(self, ordered: bool = False) -> Any:
         arguments = self._arguments(ordered)
+        if self.trainable is not None:
+            return self.entry_data(ordered)
         return {self.type: arguments} if arguments else self.type
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
-        return {self.type: self._arguments(ordered) or None}
+        return _flag({self.type: self._arguments(ordered) or None}, self.trainable)
 
     def _arguments(self, ordered: bool) -> dict[str, Any]:
         if not ordered or not self.modules:
@@ -181,12 +195,16 @@ class Layer:
 class Seq:
     items: tuple[Node, ...]
     path: SpecPath
+    trainable: bool | None = None
 
     def to_data(self, ordered: bool = False) -> Any:
+        if self.trainable is not None:
+            return self.entry_data(ordered)
         return [n.to_data(ordered) for n in self.items]
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
-        return {"Sequential": self.to_data(ordered)}  # a graph entry: a mapping, so that it can take 'in'
+        # a graph entry: a mapping, so that it can take 'in'
+        return _flag({"Sequential": [n.to_data(ordered) for n in self.items]}, self.trainable)
 
     def subnodes(self) -> Iterator[Node]:
         yield from self.items
@@ -199,11 +217,12 @@ class Seq:
 class Children:
     children: tuple[tuple[str, Node], ...]
     path: SpecPath
+    trainable: bool | None = None
 
     def to_data(self, ordered: bool = False) -> Any:
         # v1's form, also for the hash: v1 hashes must not change (so the order of named
         # children is not in the hash; see the README's note on hashes)
-        return {k: v.to_data(ordered) for k, v in self.children}
+        return _flag({k: v.to_data(ordered) for k, v in self.children}, self.trainable)
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
         return self.to_data(ordered)
@@ -333,6 +352,7 @@ class Graph:
     many: bool  # outputs written as a list: forward returns a tuple
     tensors: tuple[FreeTensor, ...]
     path: SpecPath
+    trainable: bool | None = None
 
     def to_data(self, ordered: bool = False) -> Any:
         """``ordered``: for the hash, which sorts mapping keys, the mappings whose order
@@ -353,7 +373,7 @@ class Graph:
             mine = [(t.name, t.to_data()) for t in self.tensors if t.kind == kind]
             if mine:
                 data[key] = mapping(mine)
-        return data
+        return _flag(data, self.trainable)
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
         return self.to_data(ordered)
@@ -370,7 +390,53 @@ class Graph:
         return next((n for n in self.nodes if n.name == name), None)
 
 
-Node = Layer | Seq | Children | Use | Graph
+@dataclass(frozen=True)
+class Repeat:
+    """``count`` copies of ``body`` in an ``nn.Sequential`` (children ``0`` .. ``count-1``).
+
+    Independent copies unless the spec says otherwise: a ``{use: block}`` body places the
+    one block at every position; ``groups`` (sizes adding up to ``count``) builds one copy
+    per group and places it at every position of its group."""
+
+    count: int
+    body: Node
+    groups: tuple[int, ...] | None
+    path: SpecPath
+    trainable: bool | None = None
+
+    def to_data(self, ordered: bool = False) -> Any:
+        data: dict[str, Any] = {"repeat": self.count, "of": self.body.to_data(ordered)}
+        if self.groups is not None:
+            data["groups"] = list(self.groups)
+        return _flag(data, self.trainable)
+
+    def entry_data(self, ordered: bool = False) -> dict[str, Any]:
+        return self.to_data(ordered)
+
+    def subnodes(self) -> Iterator[Node]:
+        yield self.body
+
+    def sizes(self) -> tuple[int, ...]:
+        """How many positions each distinct object takes, in order."""
+        if isinstance(self.body, Use):
+            return (self.count,)
+        return self.groups if self.groups is not None else (1,) * self.count
+
+    def build(self, b: Builder) -> nn.Module:
+        items: list[nn.Module] = []
+        for size in self.sizes():
+            module = b.node(self.body)  # a use returns its one block; anything else is built anew
+            items += [module] * size
+        return nn.Sequential(*items)
+
+
+def _flag(data: dict[str, Any], trainable: bool | None) -> dict[str, Any]:
+    if trainable is not None:
+        data["trainable"] = trainable
+    return data
+
+
+Node = Layer | Seq | Children | Use | Graph | Repeat
 
 
 def node_to_data(node: Node, ordered: bool = False) -> Any:
@@ -474,6 +540,8 @@ class NodeParser:
             raw = {k: v for k, v in raw.items() if k not in RESERVED}  # check what is left
             if not raw:
                 return Seq((), path)
+        if "trainable" in raw:
+            return self.flagged(raw, path)
         if "in" in raw:
             self.errors.add(
                 "misplaced-in",
@@ -484,8 +552,15 @@ class NodeParser:
             raw = {k: v for k, v in raw.items() if k != "in"}
             if not raw:
                 return Seq((), path)
+        if "repeat" in raw:
+            return self.repeat(raw, path)
         if any(k in GRAPH_KEYS for k in raw):
             return self.graph(raw, path)
+        if len(raw) == 1 and isinstance(raw.get("Sequential"), list):  # a list's mapping form
+            items = raw["Sequential"]
+            if not items:
+                self.errors.add("empty-node", "an empty list builds nothing", (*path, "Sequential"))
+            return Seq(tuple(self.node(v, (*path, "Sequential", i)) for i, v in enumerate(items)), path)
         if "use" in raw:
             if len(raw) > 1:
                 others = ", ".join(k for k in raw if k != "use")
@@ -532,6 +607,88 @@ class NodeParser:
             children.append((name, self.node(value, (*path, name))))
         return Children(tuple(children), path)
 
+    def flagged(self, raw: dict[str, Any], path: SpecPath) -> Node:
+        """A mapping node with ``trainable:`` beside what it is."""
+        flag = raw["trainable"]
+        rest = {k: v for k, v in raw.items() if k != "trainable"}
+        if not isinstance(flag, bool):
+            self.errors.add("wrong-type", f"'trainable' is true or false, got {kind_of(flag)}", (*path, "trainable"))
+            flag = None
+        if not rest:
+            self.errors.add("empty-node", "'trainable' needs a node beside it", path,
+                            hint="e.g. '{Linear: [4, 4], trainable: false}'")  # fmt: skip
+            return Seq((), path)
+        node = self.mapping(rest, path)
+        if isinstance(node, Use):
+            self.errors.add(
+                "bad-use",
+                f"'trainable' cannot be set where block '{node.block}' is used: every use is the same object",
+                (*path, "trainable"),
+                hint=f"set it where the block is defined: 'blocks: {{{node.block}: {{..., trainable: false}}}}'",
+            )
+            return node
+        return replace(node, trainable=flag)
+
+    def repeat(self, raw: dict[str, Any], path: SpecPath) -> Node:
+        """``{repeat: N, of: NODE, groups: G}``."""
+        for key in raw:
+            if key not in REPEAT_KEYS:
+                self.errors.add(
+                    "unknown-key",
+                    f"unknown key '{key}' in a repeat",
+                    (*path, key),
+                    hint=did_you_mean(key, REPEAT_KEYS) or "a repeat takes 'repeat: N', 'of: NODE' and 'groups'",
+                )
+        count = raw["repeat"]
+        where = (*path, "repeat")
+        if not isinstance(count, int) or isinstance(count, bool):
+            self.errors.add("wrong-type", f"'repeat' takes a whole number of copies, got {kind_of(count)}", where,
+                            hint="e.g. 'repeat: 12' or 'repeat: $n_layer'")  # fmt: skip
+            count = 1
+        elif count < 1:
+            self.errors.add("bad-argument", f"'repeat' takes at least 1 copy, got {count}", where)
+            count = 1
+        elif count > MAX_REPEAT:
+            self.errors.add("too-large", f"'repeat: {count}' is more than {MAX_REPEAT:,} copies", where)
+            count = 1
+        if "of" not in raw:
+            self.errors.add("missing-key", "a repeat needs 'of': the node to repeat", path,
+                            hint="e.g. '{repeat: 12, of: {use: layer}}'")  # fmt: skip
+            body: Node = Seq((), path)
+        else:
+            body = self.node(raw["of"], (*path, "of"))
+        groups = self.groups(raw["groups"], count, (*path, "groups")) if "groups" in raw else None
+        if groups is not None and isinstance(body, Use):
+            self.errors.add(
+                "bad-repeat",
+                f"'groups' has nothing to group: every position holds the one block '{body.block}'",
+                (*path, "groups"),
+                hint="remove 'groups', or repeat the block's definition (not a use) to get one copy per group",
+            )
+            groups = None
+        return Repeat(count, body, groups, path)
+
+    def groups(self, raw: Any, count: int, path: SpecPath) -> tuple[int, ...] | None:
+        """``groups: 3`` (equal groups) or ``groups: [1, 11]`` (sizes) -> sizes."""
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if raw < 1 or count % raw:
+                self.errors.add(
+                    "bad-repeat",
+                    f"{count} copies cannot make {raw} equal groups",
+                    path,
+                    hint=f"give the sizes instead, e.g. 'groups: [1, {count - 1}]'" if count > 1 else None,
+                )
+                return None  # fmt: skip
+            return (count // raw,) * raw
+        if isinstance(raw, list) and raw and all(isinstance(g, int) and not isinstance(g, bool) for g in raw):
+            if any(g < 1 for g in raw) or sum(raw) != count:
+                self.errors.add("bad-repeat", f"group sizes {raw} must be positive and add up to {count}", path)
+                return None
+            return tuple(raw)
+        self.errors.add("wrong-type", f"'groups' takes a number of equal groups or a list of sizes, got "
+                        f"{kind_of(raw)}", path, hint="e.g. 'groups: 3' or 'groups: [1, 11]'")  # fmt: skip
+        return None
+
     def misindented(self, raw: dict[str, Any], types: list[str], path: SpecPath) -> Node | None:
         """The classic slip: a layer's arguments at the indent of its type, not under it::
 
@@ -573,6 +730,7 @@ class NodeParser:
             hint = _CONTAINER_HINTS.get(type_name) or did_you_mean(type_name, registry.layer_names())
             if hint is None and type_name[:1].islower():
                 hint = "layer types are torch.nn class names, e.g. 'ReLU'; named children go in a mapping"
+            hint = hint or registry.UNKNOWN_LAYER_HINT
             at = self.errors.position(arg_path)  # the type name the user typed
             self.errors.add("unknown-layer", f"unknown layer type '{type_name}'", path, hint=hint,
                             at=at if at[0] is not None else None)  # fmt: skip
@@ -912,14 +1070,44 @@ def schema_defs() -> dict[str, Any]:
     for name, op in sorted(OPS.items()):
         defs[f"op.{name}"] = op.json_schema()
         ops[name] = {"$ref": f"#/$defs/op.{name}"}
+    trainable = {"type": "boolean", "description": "false: freeze this node's parameters (requires_grad False)"}
     defs["Layer"] = {
         "type": "object",
-        "description": "a layer: its torch.nn class name, then its arguments",
-        "properties": layers,
+        "description": "a layer: its torch.nn class name, then its arguments (and 'trainable' beside it)",
+        "properties": {**layers, "trainable": trainable},
         "minProperties": 1,
-        "maxProperties": 1,
+        "maxProperties": 2,
         "additionalProperties": False,
+        "if": {"minProperties": 2},
+        "then": {"required": ["trainable"]},
     }
+    defs["SequentialMapping"] = {
+        "type": "object",
+        "description": "a list in mapping form, so that it can take 'trainable'",
+        "properties": {"Sequential": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1},
+                       "trainable": trainable},
+        "required": ["Sequential"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    repeat = {
+        "type": "object",
+        "description": "copies of a node in nn.Sequential children 0..N-1: independent, the same block "
+        "(of: {use: block}) or one per group",
+        "properties": {
+            "repeat": {"type": "integer", "minimum": 1, "maximum": MAX_REPEAT, "description": "how many copies"},
+            "of": {"$ref": "#/$defs/Node"},
+            "groups": {
+                "description": "share within groups: a number of equal groups, or the group sizes ([1, 11])",
+                "anyOf": [{"type": "integer", "minimum": 1},
+                          {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}],
+            },
+            "trainable": trainable,
+        },
+        "required": ["repeat", "of"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    defs["Repeat"] = repeat
+    defs["RepeatEntry"] = {**repeat, "properties": {**repeat["properties"], "in": {"$ref": "#/$defs/In"}}}
     defs["Node"] = {
         "description": "a layer, a list (nn.Sequential), named children, {use: block}, or a graph",
         "anyOf": [
@@ -934,6 +1122,8 @@ def schema_defs() -> dict[str, Any]:
             },
             {"$ref": "#/$defs/Children"},
             {"$ref": "#/$defs/Graph"},
+            {"$ref": "#/$defs/Repeat"},
+            {"$ref": "#/$defs/SequentialMapping"},
         ],
     }
     defs["Use"] = {
@@ -946,9 +1136,10 @@ def schema_defs() -> dict[str, Any]:
         "type": "object",
         "description": "named children, run in order; names are lower-case identifiers",
         "minProperties": 1,
-        "patternProperties": {CHILD.pattern: {"$ref": "#/$defs/Node"}},
+        "properties": {"trainable": trainable},
+        "patternProperties": {"^(?!trainable$)" + CHILD.pattern[1:]: {"$ref": "#/$defs/Node"}},
         "additionalProperties": False,
-        "propertyNames": {"not": {"enum": _taken(RESERVED_CHILD_NAMES, "^[a-z_]")}},
+        "propertyNames": {"not": {"enum": _taken(RESERVED_CHILD_NAMES - {"trainable"}, "^[a-z_]")}},
     }
     ref = {"type": "string", "pattern": _REF.pattern, "description": "a node, input, param or buffer name; "
            "name[i] picks item i of a tuple"}  # fmt: skip
@@ -969,6 +1160,7 @@ def schema_defs() -> dict[str, Any]:
         "Sequential": {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1,
                        "description": "layers run in order, as a list would, but with 'in:'"},
         "in": {"$ref": "#/$defs/In"},
+        "trainable": trainable,
     }  # fmt: skip
     defs["GraphEntry"] = {
         "description": "a layer or any node (a submodule of that name), an op, 'use' or 'call', each with "
@@ -979,14 +1171,17 @@ def schema_defs() -> dict[str, Any]:
                 "type": "object",
                 "properties": entry_keys,
                 "minProperties": 1,
-                "maxProperties": 2,
+                "maxProperties": 3,
                 "additionalProperties": False,
-                "if": {"minProperties": 2},  # a layer, op, use or call, and at most 'in' beside it
-                "then": {"required": ["in"]},
+                # a layer, op, use or call, and beside it at most 'in' and 'trainable'
+                "if": {"minProperties": 2},
+                "then": {"anyOf": [{"required": ["in"]}, {"required": ["trainable"]}]},
+                "else": {"not": {"anyOf": [{"required": ["in"]}, {"required": ["trainable"]}]}},
             },
             {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1},
             {"$ref": "#/$defs/Graph"},
             {"$ref": "#/$defs/Children"},
+            {"$ref": "#/$defs/RepeatEntry"},
         ],
     }
     tensor = TensorSpec.model_json_schema(ref_template="#/$defs/{model}")
@@ -1023,6 +1218,8 @@ def schema_defs() -> dict[str, Any]:
             "buffers": {"type": "object", "description": "free buffers: name -> {shape, dtype, init, persistent}",
                         "propertyNames": {"pattern": DOTTED_NAME.pattern},
                         "additionalProperties": {"$ref": "#/$defs/Tensor"}},
+            "trainable": trainable,
+            "in": {"$ref": "#/$defs/In"},
         },
         "required": ["nodes"],
         "additionalProperties": False,

@@ -19,6 +19,12 @@ in a spec (``unsupported-argument``). Strings that name a function (a Transforme
 ``activation``) are limited to the names the constructor knows, and parameters without
 a usable annotation take plain data only where their default's type or the small table
 :data:`_UNANNOTATED` says so. Nothing is ever passed through unchecked.
+
+Besides ``torch.nn``, the table holds the layers modelspec ships (:mod:`modelspec.layers`)
+and those the user's own code adds (:func:`register_layer`, ``--plugin MODULE``, entry
+points of installed packages: see :mod:`modelspec._plugins`). They are introspected and
+checked exactly like ``torch.nn`` classes. Their names may not shadow a ``torch.nn``
+name or a shipped layer, so a spec that names ``Linear`` always means ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -27,17 +33,29 @@ import collections.abc
 import functools
 import inspect
 import json
+import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import pydantic
 import torch
 import torch.nn as nn
 
-__all__ = ["ArgError", "LayerType", "bind_arguments", "get_layer", "layer_names"]
+from . import _plugins
+from ._errors import ModelspecError, UsageError
+
+__all__ = [
+    "UNKNOWN_LAYER_HINT",
+    "ArgError",
+    "LayerType",
+    "bind_arguments",
+    "get_layer",
+    "layer_names",
+    "register_layer",
+]
 
 #: Public nn classes that are not layers a spec names directly.
 _EXCLUDED = frozenset(
@@ -150,12 +168,19 @@ class LayerType:
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    @property
+    def qualname(self) -> str:
+        """Where the class lives: ``torch.nn.Linear``, ``modelspec.layers.CausalSelfAttention``."""
+        if getattr(nn, self.name, None) is self.cls:
+            return f"torch.nn.{self.name}"
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
     def json_schema(self) -> dict[str, Any]:
         """Schema of the value under the layer's key: null, a list or a mapping."""
         doc = (inspect.getdoc(self.cls) or "").split("\n\n")[0].replace("\n", " ")
         if not self.params:
-            return {"type": "null", "description": f"torch.nn.{self.name}: {doc}"}
-        description = f"torch.nn.{self.name}({', '.join(self.param_names)}): {doc}"
+            return {"type": "null", "description": f"{self.qualname}: {doc}"}
+        description = f"{self.qualname}({', '.join(self.param_names)}): {doc}"
         return arguments_schema(self.params, description, ["number", "string", "boolean"])
 
 
@@ -300,13 +325,111 @@ def _what(annotation: Any) -> str:
 
 
 @functools.cache
-def _table() -> Mapping[str, type[nn.Module]]:
+def _builtin() -> Mapping[str, type[nn.Module]]:
+    """The layers every spec may name: torch.nn's, then the ones modelspec ships."""
+    from . import layers  # imports torch.nn.functional only: kept out of modelspec's import
+
     table = {}
     for name in dir(nn):
         obj = getattr(nn, name)
         if not name.startswith("_") and inspect.isclass(obj) and issubclass(obj, nn.Module) and name not in _EXCLUDED:
             table[name] = obj
+    for name in layers.__all__:
+        table[name] = getattr(layers, name)
     return table
+
+
+#: Layers added by :func:`register_layer` and by entry points, by name.
+_registered: dict[str, type[nn.Module]] = {}
+_entry_points_loaded = False
+_LAYER_NAME = re.compile(r"[A-Z][A-Za-z0-9_]*\Z")
+
+#: The hint for a layer name that is not registered and close to none that is.
+UNKNOWN_LAYER_HINT = (
+    "no such layer in torch.nn or modelspec.layers; if a plugin provides it, name its module with "
+    "'--plugin MODULE' (in Python: import it), or install the package that declares it"
+)
+
+
+def _load_entry_points() -> None:
+    """Register every entry point of ``modelspec.layers``, once: all of them, whatever the spec names."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True  # first: a plugin that consults the registry while imported must not recurse
+    try:
+        _plugins.load_entry_points(lambda obj, name: register_layer(obj, name=name))
+    except ModelspecError:
+        _entry_points_loaded = False  # fail the same way next time, never with half the plugins
+        raise
+
+
+@functools.cache
+def _table() -> Mapping[str, type[nn.Module]]:
+    _load_entry_points()
+    return {**_builtin(), **_registered}
+
+
+M = TypeVar("M", bound=type[nn.Module])
+
+
+@overload
+def register_layer(cls: M, *, name: str | None = None) -> M: ...
+@overload
+def register_layer(cls: None = None, *, name: str | None = None) -> Callable[[M], M]: ...
+def register_layer(cls: M | None = None, *, name: str | None = None) -> M | Callable[[M], M]:
+    """Let specs name ``cls``, an ``nn.Module`` subclass, as a layer type ``name``.
+
+    The constructor is introspected as for ``torch.nn`` classes: a spec's arguments are
+    checked against its parameters and their annotations (annotate them with plain types:
+    ``int``, ``float``, ``bool``, ``str``, tuples, lists, literals), misspelt names get a
+    did-you-mean, and ``modelspec schema`` describes the layer. Usable as a decorator::
+
+        @modelspec.register_layer
+        class Scale(nn.Module):
+            def __init__(self, dim: int, init: float = 1.0) -> None: ...
+
+    Args:
+        cls: the layer class. name: the name specs use (default ``cls.__name__``), an
+            upper-case identifier. Registering the same class under the same name again
+            does nothing.
+
+    Returns:
+        ``cls`` (without ``cls``: a decorator that registers its class under ``name``).
+
+    Raises:
+        UsageError: ``not-a-layer`` (not an nn.Module subclass), ``bad-layer-name``,
+            ``shadowed-layer`` (the name is torch.nn's or a shipped layer's),
+            ``layer-name-taken`` (another class is registered under the name).
+    """
+    if cls is None:
+        return lambda c: register_layer(c, name=name)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise UsageError(f"register_layer takes an nn.Module subclass, got {cls!r}", code="not-a-layer")
+    name = cls.__name__ if name is None else name
+    if not isinstance(name, str) or not _LAYER_NAME.match(name):
+        raise UsageError(
+            f"layer name {name!r} is not an upper-case identifier (spec keys in lower case name children)",
+            code="bad-layer-name",
+        )
+    if hasattr(nn, name) or name in _builtin():
+        where = "torch.nn" if hasattr(nn, name) else "modelspec.layers"
+        raise UsageError(
+            f"layer name '{name}' would shadow {where}.{name}: a spec naming it must keep meaning that class",
+            code="shadowed-layer",
+        )
+    taken = _registered.get(name)
+    if taken is cls:
+        return cls
+    if taken is not None:
+        raise UsageError(
+            f"layer name '{name}' is taken by {taken.__module__}.{taken.__qualname__}; "
+            f"register {cls.__module__}.{cls.__qualname__} under another name (name=...)",
+            code="layer-name-taken",
+        )
+    _registered[name] = cls
+    _table.cache_clear()  # layer_names, get_layer and the schema read the table afresh
+    return cls
 
 
 def layer_names() -> list[str]:
@@ -314,11 +437,15 @@ def layer_names() -> list[str]:
     return sorted(_table())
 
 
-@functools.cache
 def get_layer(name: str) -> LayerType | None:
     """The registry entry for ``name``, or None if it is not a known layer type."""
     cls = _table().get(name)
-    return None if cls is None else _make(name, cls)
+    return None if cls is None else _entry(name, cls)
+
+
+@functools.cache
+def _entry(name: str, cls: type[nn.Module]) -> LayerType:
+    return _make(name, cls)
 
 
 def bind_arguments(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from . import _registry as registry
 from ._errors import Collector, did_you_mean, format_path
-from ._nodes import Call, Children, Graph, GraphNode, Layer, Node, Op, Seq, Use, iter_uses, subnodes
+from ._nodes import Call, Children, Graph, GraphNode, Layer, Node, Op, Repeat, Seq, Use, iter_uses, subnodes
 from ._spec import Spec
 
 __all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve"]
@@ -78,7 +78,7 @@ def _forward(node: Node | Op, blocks: dict[str, Node]) -> inspect.Signature | No
         seen.add(node.block)
         node = blocks[node.block]
     plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
-    if isinstance(node, (Seq, Children)):
+    if isinstance(node, (Seq, Children, Repeat)):
         return inspect.Signature([inspect.Parameter("input", plain)])
     if isinstance(node, Graph):
         return inspect.Signature([inspect.Parameter(i.name, plain) for i in node.inputs])
@@ -247,6 +247,10 @@ class _Connections:
             return incoming
         if isinstance(node, Graph):
             return self.graph(node, incoming)
+        if isinstance(node, Repeat):  # the same body again: twice shows whether it fits itself
+            for _ in range(min(node.count, 2)):
+                incoming = self.node(node.body, incoming)
+            return incoming
         return self.layer(node, incoming)
 
     def layer(self, node: Layer, incoming: _Size | None) -> _Size | None:

@@ -22,6 +22,7 @@ __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
 
 _BASE = "https://github.com/modelspec/modelspec/schemas/"
 SCHEMA_FILES = ("modelspec.schema.json", "report.schema.json")
+_EXPRESSION = r"^\$(?!\$)"  # a '$' expression over the spec's vars (not '$$', an escaped '$')
 
 
 def _link_nodes(value: Any) -> Any:
@@ -44,7 +45,41 @@ def spec_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = _BASE + SCHEMA_FILES[0]
     schema.setdefault("$defs", {}).update(schema_defs())
+    fixed = {k: schema["properties"].pop(k) for k in ("modelspec", "name", "description")}
+    schema = _expressions(schema)
+    schema["properties"].update(fixed)  # never expressions
+    schema["properties"]["vars"] = {
+        "type": "object",
+        "description": "variables: name -> number, boolean, string or an expression over earlier ones; "
+        "'$name' or '$(expression)' uses them anywhere a value goes; override with --set NAME=VALUE",
+        "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "additionalProperties": {"type": ["number", "boolean", "string"]},
+    }
+    schema["$defs"]["Expression"] = {
+        "type": "string",
+        "pattern": _EXPRESSION,
+        "description": "an expression over the spec's vars, e.g. $d_model, $(4 * d_model), $d_model // n_head",
+    }
     return schema
+
+
+def _expressions(value: Any) -> Any:
+    """Let every number, boolean and enumerated non-string value also be a ``$``
+    expression (strings already are): variables are substituted before a spec is checked.
+    (An expression where the schema lists the strings allowed is flagged by an editor,
+    not by modelspec.)"""
+    if isinstance(value, dict):
+        kind = value.get("type")
+        kinds = set(kind) if isinstance(kind, list) else {kind}
+        scalar = bool(kinds & {"integer", "number", "boolean"}) and "string" not in kinds
+        if ("enum" in value or "const" in value) and "string" not in kinds:
+            return {"anyOf": [value, {"$ref": "#/$defs/Expression"}]}
+        if scalar and "pattern" not in value:  # 'pattern' applies to strings only: compact and exact
+            return {**value, "type": [*sorted(kinds - {None}), "string"], "pattern": _EXPRESSION}
+        return {k: v if k in ("propertyNames", "required") else _expressions(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expressions(v) for v in value]
+    return value
 
 
 def report_schema() -> dict[str, Any]:

@@ -4,9 +4,12 @@ The surface grammar (what a user writes) is described by the pydantic model
 :class:`SpecFile` (the top level) plus the node grammar of :mod:`modelspec._nodes`;
 ``modelspec schema`` turns both into ``schemas/modelspec.schema.json``.
 
-The keywords in :data:`RESERVED` belong to later versions of the format (repeats,
-variables, ...). They are refused now, at the top level, as node keys and as child or
-model names, so that a spec written today keeps its meaning later.
+Variables (``vars:`` and ``$`` expressions, :mod:`modelspec._vars`) are substituted on
+the plain data first, so the grammar sees plain values.
+
+The keywords in :data:`RESERVED` belong to later versions of the format. They are
+refused now, at the top level, as node keys and as child or model names, so that a
+spec written today keeps its meaning later.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from ._nodes import (
     Layer,
     Node,
     NodeParser,
+    Repeat,
     Seq,
     Use,
     kind_of,
@@ -39,6 +43,7 @@ from ._nodes import (
     reserved,
 )
 from ._source import Document
+from ._vars import substitute
 
 __all__ = [
     "FORMAT_VERSION",
@@ -50,6 +55,7 @@ __all__ = [
     "InputSpec",
     "Layer",
     "Node",
+    "Repeat",
     "Seq",
     "Spec",
     "SpecFile",
@@ -107,6 +113,7 @@ class SpecFile(BaseModel):
     modelspec: Literal[1] = Field(description="format version of this file")
     name: str | None = Field(None, description="a name for reports")
     description: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict, description="variables (see _vars)")
     seed: Annotated[int, Field(ge=0, le=2**64 - 1)] = Field(0, description="seeds parameter initialization")
     input: InputSpec | None = Field(None, description="example input; needed for Lazy* layers")
     blocks: dict[_Name, _NodeJSON] = Field(
@@ -139,10 +146,20 @@ class Spec:
     models: dict[str, Node] | None
     ties: tuple[Tie, ...] = ()
     init: tuple[Rule, ...] = ()
+    vars: dict[str, Any] = field(default_factory=dict)  # the values used (after overrides)
     file: str = "<spec>"
     sha256: str = ""  # canonical_sha256(self), set by parse()
     positions: dict[SpecPath, tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[Diagnostic, ...] = ()
+
+    @property
+    def freezes(self) -> bool:
+        """Whether any node says ``trainable:`` (checked by a build on ``meta`` in validate)."""
+
+        def flagged(node: Node) -> bool:
+            return getattr(node, "trainable", None) is not None or any(flagged(n) for n in node.subnodes())
+
+        return any(flagged(n) for n in [*self.blocks.values(), *self.roots.values()])
 
     @property
     def roots(self) -> dict[str, Node]:
@@ -160,6 +177,8 @@ class Spec:
             data["name"] = self.name
         if self.description is not None:
             data["description"] = self.description
+        if self.vars:  # absent when empty: specs without variables keep their hash
+            data["vars"] = dict(self.vars)
         data["seed"] = self.seed
         if self.input is not None:
             data["input"] = self.input.model_dump()
@@ -177,13 +196,17 @@ class Spec:
 
 
 # ---------------------------------------------------------------- parsing
-def parse(doc: Document) -> Spec:
-    """Validate a loaded document; raise :class:`SpecError` listing every problem."""
+def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
+    """Validate a loaded document; raise :class:`SpecError` listing every problem.
+
+    ``overrides`` replace the values of the spec's ``vars`` (``--set NAME=VALUE``)."""
     errors = Collector(file=doc.file, positions=doc.positions)
     data = doc.data
     if not isinstance(data, dict):
         errors.add("wrong-type", f"a spec is a mapping, not {kind_of(data)}", hint="start with 'modelspec: 1'")
         errors.raise_if_errors()
+    data, values = substitute(data, errors, overrides)
+    errors.raise_if_errors()  # a value that failed to evaluate would only cause more errors
     if "modelspec" not in data:
         errors.add(
             "missing-key", "missing the format version key 'modelspec'", hint="add 'modelspec: 1' as the first line"
@@ -256,6 +279,7 @@ def parse(doc: Document) -> Spec:
         models=models,
         ties=tuple(Tie(t.param, t.to, t.transposed, ("ties", i)) for i, t in enumerate(top.ties)),
         init=rules,
+        vars=values,
         file=doc.file,
         positions=doc.positions,
         warnings=tuple(errors.warnings),

@@ -65,11 +65,14 @@ def _tied_class(base: type[nn.Module]) -> type[nn.Module]:
 
 
 def __getattr__(name: str) -> type[nn.Module]:
-    """``modelspec._ties.TransposedLinear`` for unpickling: only for torch.nn classes."""
+    """``modelspec._ties.TransposedLinear`` for unpickling: for the layers a spec can name
+    (torch.nn, the layers modelspec ships and registered ones)."""
     if name.startswith("Transposed"):
-        base = getattr(nn, name.removeprefix("Transposed"), None)
-        if isinstance(base, type) and issubclass(base, nn.Module):
-            return _tied_class(base)
+        from . import _registry as registry  # the registry loads plugins: only when needed
+
+        entry = registry.get_layer(name.removeprefix("Transposed"))
+        if entry is not None:
+            return _tied_class(entry.cls)
     raise AttributeError(name)
 
 
@@ -173,10 +176,6 @@ def apply_ties(root: nn.Module, ties: Sequence[Any], errors: Collector) -> None:
         elif a.dtype != b.dtype or a.device != b.device:
             errors.add("tie-dtype", f"'{tie.param}' is {a.dtype} on {a.device}, '{tie.to}' is {b.dtype} on {b.device}",
                        tie.path)  # fmt: skip
-        elif a.requires_grad != b.requires_grad:  # one tensor after the tie: it cannot be both
-            frozen, trainable = (tie.param, tie.to) if b.requires_grad else (tie.to, tie.param)
-            errors.add("tie-frozen", f"'{frozen}' is frozen but '{trainable}' is trainable: tied, they are one tensor",
-                       tie.path, hint="freeze both layers ('trainable: false') or neither")  # fmt: skip
     for tie in ok:
         if tie.to in targets and targets[tie.to].transposed:
             source = targets[tie.to].to

@@ -30,6 +30,7 @@ from ._html import render_html
 from ._outfile import check_output_file, write_output_file
 from ._report import render_csv, render_json, render_md, render_text, summary_line
 from ._schema import SCHEMA_FILES, render_schemas, write_schemas
+from ._vars import parse_override
 from ._version import __version__
 
 __all__ = ["main"]
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "model.safetensors, report.json, report.md and spec.yaml (resolved).",
         epilog="examples:\n  modelspec build specs/d2l/shared.yaml\n"
         "  modelspec build specs/d2l/shared_mlp.yaml -o out/mlp --format json\n"
+        "  modelspec build specs/zoo/gpt2.yaml --set n_layer=24 d_model=1024 n_head=16 -o build/gpt2-medium\n"
         "  modelspec build big.yaml --dtype bfloat16",
     )
     b.add_argument("spec", metavar="SPEC", help="the YAML spec")
@@ -72,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="device to build on (default: cpu)")
     b.add_argument("--dtype", default=None, help="convert parameters to this dtype, e.g. bfloat16")
     b.add_argument("--format", choices=FORMATS, default="text", help="what to print on stdout")
+    _add_set(b)
     b.set_defaults(func=_cmd_build)
 
     v = sub.add_parser(
@@ -83,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("spec", metavar="SPEC")
     v.add_argument("--format", choices=FORMATS, default="text")
+    _add_set(v)
     v.set_defaults(func=_cmd_validate)
 
     s = sub.add_parser(
@@ -120,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="device for building a spec; 'meta' gives structure only")
     r.add_argument("--histograms", metavar="DIR", help="also save value histograms as PNG (needs matplotlib)")
     r.add_argument("--by", choices=("tensor", "block"), default="tensor", help="one histogram per tensor or block")
+    _add_set(r)
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser(
@@ -163,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     gr.add_argument("--seed", type=_seed, default=0, help="seeds the random batch and dropout (default 0)")
     gr.add_argument("--input", metavar="FILE", help="a .safetensors file holding the input tensor")
     gr.add_argument("--format", choices=FORMATS, default="text")
+    _add_set(gr)
     gr.set_defaults(func=_cmd_grads)
 
     gp = sub.add_parser(
@@ -180,8 +186,40 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--depth", type=_natural, metavar="N", help="fold modules deeper than N")
     gp.add_argument("-o", "--out", metavar="FILE", help="write to FILE instead of stdout")
     gp.add_argument("--force", action="store_true", help=FORCE_HELP)
+    _add_set(gp)
     gp.set_defaults(func=_cmd_graph)
+    for command in (b, v, s, r, d, gr, gp):
+        command.add_argument(
+            "--plugin",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first: it registers custom layers (modelspec.register_layer); repeatable",
+        )
     return p
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        type=_override,
+        metavar="NAME=VALUE",
+        help="override variables of the spec's 'vars:' (e.g. --set n_layer=24 d_model=1024)",
+    )
+
+
+def _override(text: str) -> tuple[str, object]:
+    try:
+        return parse_override(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object] | None:
+    return dict(args.overrides) if getattr(args, "overrides", None) else None
 
 
 def _natural(text: str) -> int:
@@ -241,7 +279,12 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     spec_path = Path(args.spec)
     target = Path(args.out) if args.out else Path("build") / spec_path.stem
     result = api.write_build(
-        spec_path, target, device=args.device, dtype=args.dtype, progress=_ProgressBar(err, "checksums")
+        spec_path,
+        target,
+        device=args.device,
+        dtype=args.dtype,
+        progress=_ProgressBar(err, "checksums"),
+        overrides=_overrides(args),
     )
     _print_diagnostics(result.warnings, err)
     t = result.report.totals
@@ -266,7 +309,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        warnings = api.validate(Path(args.spec))
+        warnings = api.validate(Path(args.spec), overrides=_overrides(args))
     except SpecError as e:
         if args.format == "json":
             out.write(json.dumps({"valid": False, "errors": [d.to_dict() for d in e.diagnostics]}, indent=2) + "\n")
@@ -316,7 +359,9 @@ def _check_out(args: argparse.Namespace) -> None:
 
 def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_out(args)
-    target = api.open_target(args.target, device=args.device, progress=_ProgressBar(err, "checksums"))
+    target = api.open_target(
+        args.target, device=args.device, progress=_ProgressBar(err, "checksums"), overrides=_overrides(args)
+    )
     rep = target.report
     if args.histograms:
         if target.module is None or rep.device == "meta":
@@ -346,7 +391,7 @@ def _cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_grads(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    target = api.open_target(args.target)
+    target = api.open_target(args.target, overrides=_overrides(args))
     if target.module is None:
         raise UsageError("grads needs a model: give a spec or a build folder, not a report.json", code="no-model")
     x = _read_input(Path(args.input)) if args.input else None
@@ -375,7 +420,7 @@ def _read_input(path: Path) -> torch.Tensor:
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_out(args)
-    rep = api.open_target(args.target, device="meta").report
+    rep = api.open_target(args.target, device="meta", overrides=_overrides(args)).report
     render = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}[args.format]
     _emit(render(rep, depth=args.depth), args, out, err)
     return EXIT_OK
@@ -393,6 +438,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return int(e.code or 0)
     func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
     try:
+        api.import_plugins(args.plugin)  # before anything is read or written
         return func(args, out, err)
     except SpecError as e:
         _print_diagnostics(e.diagnostics, err)

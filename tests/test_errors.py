@@ -118,7 +118,7 @@ MALFORMED: dict[str, tuple[str, str, int, str, str | None]] = {
         "write a layer as",
     ),
     "container-name": (
-        HEAD + "model: {Sequential: [ReLU]}\n",
+        HEAD + "model: {ModuleList: [ReLU]}\n",
         "unknown-layer",
         2,
         "model",

@@ -16,10 +16,8 @@ from torch import nn
 
 import modelspec
 from modelspec._checkpoint import open_checkpoint
-from modelspec._errors import CheckpointError, Collector
+from modelspec._errors import CheckpointError
 from modelspec._report import render_md, render_text
-from modelspec._spec import Tie
-from modelspec._ties import apply_ties
 from modelspec.cli import main
 
 SHARED = """\
@@ -105,28 +103,6 @@ def test_diff_reports_a_change_of_trainability(tmp_path: Path) -> None:
     assert "~ trainable `1.weight`" in out.getvalue() or "~ trainable 1.weight" in out.getvalue()
     out = io.StringIO()
     assert main(["diff", str(after), str(after)], stdout=out, stderr=io.StringIO()) == 0
-
-
-def test_a_tie_between_frozen_and_trainable_is_an_error() -> None:
-    m = nn.ModuleDict({"wte": nn.Embedding(10, 4), "head": nn.Linear(4, 10, bias=False)})
-    m["wte"].requires_grad_(False)
-    errors = Collector(file="s.yaml", positions={("ties", 0): (7, 5)})
-    apply_ties(m, [Tie("head.weight", "wte.weight", False, ("ties", 0))], errors)
-    (d,) = errors.errors
-    assert (d.code, d.line, d.column) == ("tie-frozen", 7, 5)
-    assert "'wte.weight' is frozen" in d.message and m["head"].weight is not m["wte"].weight  # nothing tied
-    m["head"].requires_grad_(False)  # both frozen: fine
-    errors = Collector()
-    apply_ties(m, [Tie("head.weight", "wte.weight", False, ("ties", 0))], errors)
-    assert not errors.errors and m["head"].weight is m["wte"].weight
-
-
-def test_transposed_tie_between_frozen_and_trainable_is_an_error() -> None:
-    m = nn.ModuleDict({"encoder": nn.Linear(6, 3), "decoder": nn.Linear(3, 6)})
-    m["decoder"].weight.requires_grad_(False)
-    errors = Collector()
-    apply_ties(m, [Tie("decoder.weight", "encoder.weight", True, ("ties", 0))], errors)
-    assert [d.code for d in errors.errors] == ["tie-frozen"]
 
 
 def test_a_zoo_model_frozen_by_hand_round_trips(tmp_path: Path) -> None:

@@ -58,14 +58,14 @@ def test_each_node_kind_is_defined_in_one_class() -> None:
     from modelspec import _nodes
 
     kinds = typing.get_args(_nodes.Node)
-    assert {k.__name__ for k in kinds} == {"Layer", "Seq", "Children", "Use", "Graph"}
+    assert {k.__name__ for k in kinds} == {"Layer", "Seq", "Children", "Use", "Graph", "Repeat"}
     for kind in kinds:
         for method in ("to_data", "entry_data", "subnodes", "build"):
             assert method in vars(kind), (kind.__name__, method)
     assert "to_data" in vars(_nodes.Op) and "entry_data" in vars(_nodes.Op)
     defs = _nodes.schema_defs()
     options = str(defs["Node"]["anyOf"])
-    for ref in ("#/$defs/Use", "#/$defs/Children", "#/$defs/Graph", "#/$defs/Layer", "'array'"):
+    for ref in ("#/$defs/Use", "#/$defs/Children", "#/$defs/Graph", "#/$defs/Layer", "#/$defs/Repeat", "'array'"):
         assert ref in options
     assert defs["Layer"]["properties"]["Linear"] == {"$ref": "#/$defs/layer.Linear"}
 

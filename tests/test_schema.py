@@ -69,7 +69,8 @@ def test_schema_offers_layer_names_and_arguments_for_completion() -> None:
     linear = schema["$defs"]["layer.Linear"]
     kwargs = linear["anyOf"][-1]
     assert set(kwargs["properties"]) == {"in_features", "out_features", "bias"}
-    assert kwargs["properties"]["bias"]["default"] is True
+    bias = kwargs["properties"]["bias"]  # a boolean, or a '$' expression over the spec's vars
+    assert bias["default"] is True and bias["type"] == ["boolean", "string"] and bias["pattern"] == r"^\$(?!\$)"
     bare = schema["$defs"]["Node"]["anyOf"][0]
     assert "ReLU" in bare["enum"] and "LazyLinear" in bare["enum"]
     # inside a graph's nodes: layers, ops, use/call and 'in' complete as keys of one entry

@@ -338,17 +338,17 @@ def test_reserved_keyword_as_a_node_key_or_child_name(tmp_path: Path, key: str) 
     assert where(as_child) == ("reserved", 4, 3)
 
 
-@pytest.mark.parametrize("key", ["repeat", "vars", "plugins"])
+@pytest.mark.parametrize("key", ["plugins", "overrides"])
 def test_reserved_keyword_as_a_model_name(tmp_path: Path, key: str) -> None:
     d = only(tmp_path, HEAD + f"models:\n  {key}: [ReLU]\n")
     assert where(d) == ("reserved", 3, 3) and d.path == ("models", key)
 
 
 def test_reserved_keyword_gives_no_follow_on_errors(tmp_path: Path) -> None:
-    d = only(tmp_path, HEAD + "model:\n  - repeat: 12\n    block: {Linear: [2, 2]}\n")
+    d = only(tmp_path, HEAD + "model:\n  - overrides: 12\n    block: {Linear: [2, 2]}\n")
     assert where(d) == ("reserved", 3, 5)
-    err = cli_build(tmp_path, HEAD + "vars:\n  - [head.weight, emb.weight]\nmodel: [ReLU]\n")
-    assert "bad.yaml:2:1: error[reserved] vars:" in err
+    err = cli_build(tmp_path, HEAD + "plugins:\n  - [head.weight, emb.weight]\nmodel: [ReLU]\n")
+    assert "bad.yaml:2:1: error[reserved] plugins:" in err
 
 
 def test_arguments_named_like_a_reserved_keyword_stay_arguments(tmp_path: Path) -> None:
@@ -362,10 +362,10 @@ def test_schema_rejects_reserved_and_taken_names_and_unwritable_arguments() -> N
     validator = jsonschema.Draft202012Validator(schema)
     bad = [
         {"modelspec": 1, "models": {"training": ["ReLU"]}},
-        {"modelspec": 1, "models": {"repeat": ["ReLU"]}},
+        {"modelspec": 1, "models": {"plugins": ["ReLU"]}},
         {"modelspec": 1, "model": {"inputs": "ReLU"}},
         {"modelspec": 1, "model": {"forward": "ReLU"}},
-        {"modelspec": 1, "vars": {"a": 1}, "model": ["ReLU"]},
+        {"modelspec": 1, "plugins": {"a": 1}, "model": ["ReLU"]},
         {"modelspec": 1, "model": [{"Transformer": {"custom_encoder": "rm -rf /"}}]},
         {"modelspec": 1, "model": [{"Transformer": {"activation": "rm -rf /"}}]},
     ]
