@@ -16,7 +16,7 @@ from torch import nn
 
 import modelspec
 from modelspec._checkpoint import open_checkpoint
-from modelspec._errors import CheckpointError
+from modelspec._errors import CheckpointError, SpecError
 from modelspec._report import render_md, render_text
 from modelspec.cli import main
 
@@ -112,3 +112,65 @@ def test_a_zoo_model_frozen_by_hand_round_trips(tmp_path: Path) -> None:
     loaded = modelspec.load(tmp_path / "n")
     assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in net.parameters()]
     assert modelspec.report(loaded).totals.frozen_params == 20 * 64 + 64 + 64 * 32 + 32
+
+
+FROZEN = """\
+modelspec: 1
+input: {shape: [2, 4]}
+blocks:
+  shared: {Linear: [8, 8], trainable: false}
+model:
+  - Linear: [4, 8]
+  - use: shared
+  - ReLU
+  - use: shared
+  - {Linear: [8, 1], trainable: false}
+"""
+
+
+def test_trainable_false_in_a_spec_lasts(tmp_path: Path) -> None:
+    out = tmp_path / "f"
+    res = modelspec.write_build(write(tmp_path, FROZEN), out)
+    assert json.loads(open_checkpoint(out / "model.safetensors").metadata["frozen"]) == [
+        "1.bias", "1.weight", "4.bias", "4.weight"]  # fmt: skip
+    assert res.report.totals.frozen_params == 72 + 9 and res.report.totals.trainable_params == 40
+    loaded = modelspec.load(out)
+    assert {n: p.requires_grad for n, p in loaded.named_parameters()} == {
+        "0.weight": True, "0.bias": True, "1.weight": False, "1.bias": False, "4.weight": False, "4.bias": False}  # fmt: skip
+    before = tmp_path / "t"
+    modelspec.write_build(write(tmp_path, SHARED, "trained.yaml"), before)
+    out_text = io.StringIO()
+    assert main(["diff", str(before), str(out)], stdout=out_text, stderr=io.StringIO()) == 1
+    assert out_text.getvalue().count("~ trainable") == 4
+
+
+def test_a_tie_between_frozen_and_trainable_is_an_error(tmp_path: Path) -> None:
+    text = """\
+modelspec: 1
+model:
+  wte: {Embedding: [10, 4], trainable: false}
+  lm_head: {Linear: [4, 10, false]}
+ties:
+  - {param: lm_head.weight, to: wte.weight}
+"""
+    spec = write(tmp_path, text)
+    for check in (modelspec.build, modelspec.validate):
+        with pytest.raises(SpecError) as e:
+            check(spec)
+        assert e.value.codes == ["trainable-conflict"]
+
+
+def test_init_and_transfer_reach_frozen_parameters(tmp_path: Path) -> None:
+    modelspec.write_build(write(tmp_path, "modelspec: 1\nmodel: [{Linear: [8, 16]}]\n", "trunk.yaml"), tmp_path / "tb")
+    text = """\
+modelspec: 1
+model:
+  body: {Sequential: [{Linear: [8, 16]}], trainable: false}
+  head: {Linear: [16, 2], trainable: false}
+init:
+  - {params: 'body.*', from: tb, rename: {body: ''}}
+  - {layer: Linear, params: 'head.*', constant: {value: 0.5}}
+"""
+    m = modelspec.build(write(tmp_path, text))
+    assert torch.equal(m.body[0].weight, modelspec.load(tmp_path / "tb")[0].weight)
+    assert (m.head.weight == 0.5).all() and not any(p.requires_grad for p in m.parameters())

@@ -438,6 +438,7 @@ def test_readme_rules_build(tmp_path: Path) -> None:
     rules = section.split("```yaml\n")[1].split("```")[0]
     model = """\
 modelspec: 1
+vars: {n_layer: 12}
 input: {shape: [2, 3], dtype: int64}
 blocks:
   head: {Linear: [8, 10]}
@@ -448,3 +449,21 @@ model:
 """
     m = build(tmp_path, model + rules)
     assert (m.h[0].attn.c_proj.bias == 0).all() and abs(m.wte.weight.std().item() - 0.02) < 0.01
+
+
+def test_scaled_std_from_variables_and_overrides(tmp_path: Path) -> None:
+    text = """\
+modelspec: 1
+vars: {n_layer: 2, d: 256}
+model:
+  h: {repeat: $n_layer, of: {c_fc: {Linear: [$d, $d]}, c_proj: {Linear: [$d, $d]}}}
+init:
+  - {layer: Linear, normal: {std: 0.02}}
+  - {params: '*.c_proj.weight', normal: {std: $0.02 / sqrt(2 * n_layer)}}
+"""
+    spec = write(tmp_path, text)
+    for n_layer in (2, 8):
+        m = modelspec.build(spec, overrides={"n_layer": n_layer})
+        proj = torch.cat([f64(p).flatten() for n, p in m.named_parameters() if n.endswith("c_proj.weight")])
+        assert len(m.h) == n_layer and abs(proj.std().item() / (0.02 / math.sqrt(2 * n_layer)) - 1) < 0.02
+        assert abs(f64(m.h[0].c_fc.weight).std().item() / 0.02 - 1) < 0.02
