@@ -467,3 +467,11 @@ init:
         proj = torch.cat([f64(p).flatten() for n, p in m.named_parameters() if n.endswith("c_proj.weight")])
         assert len(m.h) == n_layer and abs(proj.std().item() / (0.02 / math.sqrt(2 * n_layer)) - 1) < 0.02
         assert abs(f64(m.h[0].c_fc.weight).std().item() / 0.02 - 1) < 0.02
+
+
+def test_meta_then_materialize_gives_the_same_bits(tmp_path: Path) -> None:
+    spec = write(tmp_path, DET)
+    direct = modelspec.build(spec)
+    later = modelspec.materialize(modelspec.build(spec, device="meta"))
+    for (name, p), q in zip(direct.named_parameters(), later.parameters(), strict=True):
+        assert sha(p) == sha(q), name
