@@ -28,7 +28,7 @@ from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
 from ._flow import GraphInfo
 from ._fmt import human_bytes
-from ._init import apply_init
+from ._initialize import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
 from ._resolve import Resolved

@@ -18,7 +18,7 @@ import torch
 from conftest import write
 
 import modelspec
-from modelspec import _init
+from modelspec import _init, _initialize
 from modelspec._errors import SpecError
 from modelspec._source import load_text
 from modelspec._spec import parse
@@ -158,7 +158,7 @@ def test_lazy_layer_name_selects_what_it_becomes(tmp_path: Path) -> None:
 
 def test_a_tied_tensor_is_initialised_once_by_its_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: list[tuple[torch.Tensor, str]] = []
-    draw = _init._draw
+    draw = _initialize._draw
 
     def spy(p: torch.Tensor, rule: _init.Rule, generator: torch.Generator) -> None:
         drawn.append((p, rule.method))
@@ -181,7 +181,7 @@ init:
   - {params: [a.weight, 'b.*'], uniform: {low: -0.1, high: 0.1}}
 """
     )
-    monkeypatch.setattr(_init, "_draw", spy)
+    monkeypatch.setattr(_initialize, "_draw", spy)
     m = build(tmp_path, text)
     assert m.lm_head.weight is m.wte.weight and m.a is m.b
     names = list(m.named_parameters())  # owners only
