@@ -6,7 +6,8 @@ Run: ``python benchmarks/zoo.py [--repeat N] [--no-compile]`` (``make bench`` ru
 - building from the spec (``modelspec.build``: construct, portable seeded init, the example
   pass that checks shapes, the declared ties) / constructing the handwritten twin (target <= 1.05);
 - forward of the built model / forward of the twin, eager (target <= 1.02) and under
-  ``torch.compile`` (target <= 1.02; the first, compiling call is not timed).
+  ``torch.compile`` (target <= 1.02; the first, compiling call is not timed);
+- reading and validating GPT-2 with ``n_layer=96`` / with 12 (a repeat is one node: <= 1.10).
 
 The twins are the references the test suite proves the specs equal to (``tests/twins.py``):
 same keys, same outputs. Times are the best of N rounds; built and twin alternate within a
@@ -110,6 +111,11 @@ def bench(repeat: int, compile_too: bool) -> tuple[list[Row], bool]:
                 cb(x), ch(x)  # compiles
                 ours, theirs = alternate(forwards(cb, x, passes), forwards(ch, x, passes), repeat * 4)
             add(row(f"{name}: forward, torch.compile ({passes} passes)", ours, theirs, 1.02))
+    # A repeat stays one node: reading and validating a 96-layer GPT-2 costs what 12 layers do.
+    path = ROOT / "specs/zoo/gpt2.yaml"
+    deep = min(timed(lambda: modelspec.compile_spec(path, overrides={"n_layer": 96})) for _ in range(repeat))
+    base = min(timed(lambda: modelspec.compile_spec(path)) for _ in range(repeat))
+    add(row("gpt2: read + validate with n_layer=96 vs 12", deep, base, 1.10))
     return rows, all_ok
 
 

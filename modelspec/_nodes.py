@@ -1179,7 +1179,7 @@ def schema_defs() -> dict[str, Any]:
                 "else": {"not": {"anyOf": [{"required": ["in"]}, {"required": ["trainable"]}]}},
             },
             {"type": "array", "items": {"$ref": "#/$defs/Node"}, "minItems": 1},
-            {"$ref": "#/$defs/Graph"},
+            {"$ref": "#/$defs/GraphNode"},
             {"$ref": "#/$defs/Children"},
             {"$ref": "#/$defs/RepeatEntry"},
         ],
@@ -1224,6 +1224,9 @@ def schema_defs() -> dict[str, Any]:
         "required": ["nodes"],
         "additionalProperties": False,
     }  # fmt: skip
+    # a graph inside a graph's nodes may say what it reads, as any node there (a BERT layer: [x, mask])
+    graph_node = defs["Graph"]
+    defs["GraphNode"] = {**graph_node, "properties": {**graph_node["properties"], "in": {"$ref": "#/$defs/In"}}}
     return defs
 
 

@@ -123,7 +123,9 @@ def _check_inputs(node: GraphNode, blocks: dict[str, Node], errors: Collector) -
         )
 
 
-def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node]) -> None:
+def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node], tied: frozenset[str] = frozenset()) -> None:
+    """``tied``: the parameter names of the spec's ``ties:``. A free param that a tie names is read
+    by the layer tied to it (``cls.predictions.bias`` is BERT's decoder bias), wherever the graph is."""
     names: dict[str, tuple[str, object]] = {}
     for kind, name, path in [
         *(("input", i.name, i.path) for i in graph.inputs),
@@ -153,7 +155,11 @@ def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node]) -> No
                 errors.add("name-conflict", f"'{other}' would nest inside '{name}', which is a layer or tensor",
                            names[other][1], hint=f"rename '{name}' or '{other}'")  # fmt: skip
                 break
-    read: set[str] = set()
+    read = {
+        t.name
+        for t in graph.tensors
+        if t.kind == "param" and any(n == t.name or n.endswith(f".{t.name}") for n in tied)
+    }
     for ref in [*(r for n in graph.nodes for r in n.refs), *graph.outputs]:
         read.add(ref.name)
         if ref.name not in names:
@@ -360,9 +366,10 @@ def resolve(spec: Spec) -> Resolved:
                 hint=f"remove it, or place it with '{{use: {name}}}'",
                 severity="warning",
             )
+    tied = frozenset(name for t in spec.ties for name in (t.param, t.to))
     for root in [*spec.blocks.values(), *spec.roots.values()]:
         for graph in iter_graphs(root):
-            _check_graph(graph, errors, spec.blocks)
+            _check_graph(graph, errors, spec.blocks, tied)
     errors.raise_if_errors()  # the sizes below follow only sound references
     connections = _Connections(spec, errors)
     for root in spec.roots.values():

@@ -116,14 +116,24 @@ def gen_node(draw: st.DrawFn, width: int, depth: int, blocks: Sequence[str]) -> 
     """A node taking ``width`` features: a layer, a list, named children or a use of a block."""
     kinds = ["layer", "layer"]
     if depth > 0:
-        kinds += ["list", "children"]
+        kinds += ["list", "children", "repeat"]
     if blocks and width == WIDTH:
-        kinds.append("use")
+        kinds += ["use", "repeat-use"]
     kind = pick(draw, kinds)
     if kind == "layer":
         return gen_layer(draw, width)
     if kind == "use":
         return {"use": pick(draw, blocks)}, WIDTH
+    if kind == "repeat-use":  # the same block N times
+        return {"repeat": 1 + draw(_below(3)), "of": {"use": pick(draw, blocks)}}, WIDTH
+    if kind == "repeat":  # copies of a node that keeps the width, maybe shared in groups
+        item, new_width = gen_node(draw, width, depth - 1, blocks)
+        body = item if new_width == width else [item, {"Linear": [new_width, width]}]
+        count = 1 + draw(_below(4))
+        node = {"repeat": count, "of": body}
+        if chance(draw, 3) and not (isinstance(body, dict) and "use" in body):  # a use has nothing to group
+            node["groups"] = pick(draw, [1, count, [count]])
+        return node, width
     items: list[Any] = []
     for _ in range(1 + draw(_below(3))):
         item, new_width = gen_node(draw, width, depth - 1, blocks)
@@ -168,7 +178,20 @@ def valid_spec(draw: st.DrawFn) -> dict[str, Any]:
         spec["models"] = {name: gen_node(draw, WIDTH, 2, list(blocks))[0] for name in models}
     else:
         spec["model"] = gen_node(draw, WIDTH, 2, list(blocks))[0]
+    if chance(draw, 3):  # the width as a variable: every WIDTH in the spec becomes '$w' (or an expression)
+        spec["vars"] = {"w": WIDTH, "half": "$w // 2"}
+        spec = {k: v if k in ("modelspec", "vars") else _with_width_variable(v, draw) for k, v in spec.items()}
     return spec
+
+
+def _with_width_variable(data: Any, draw: st.DrawFn) -> Any:
+    if isinstance(data, dict):
+        return {k: _with_width_variable(v, draw) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_with_width_variable(v, draw) for v in data]
+    if data == WIDTH and type(data) is int:
+        return pick(draw, ["$w", "$half * 2", "$(w)", "$max(w, 1)"])
+    return data
 
 
 class _Dumper(yaml.SafeDumper):
