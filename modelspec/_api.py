@@ -9,7 +9,7 @@ import os
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +101,11 @@ def validate(source: SpecSource, *, overrides: Overrides | None = None) -> list[
     """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError.
 
     Parameter ties name parameters of the built model, so a spec with ``ties:`` (or with
-    ``trainable:``, which must agree across a shared tensor) is also built on ``meta``
-    (shapes only, nothing allocated) to check each tie's names, shapes and dtypes."""
+    ``trainable:``, which must agree across a shared tensor, or ``init:`` rules, whose
+    selectors name parameters) is also built on ``meta`` (shapes only, nothing allocated)
+    to check each tie's names, shapes and dtypes."""
     resolved = compile_spec(source, overrides=overrides)
-    if resolved.spec.ties or resolved.spec.freezes:
+    if resolved.spec.ties or resolved.spec.freezes or resolved.spec.init:
         build_module(resolved, device="meta")
     return list(resolved.spec.warnings)
 
@@ -169,8 +170,10 @@ def _devices_here() -> str:
     return "devices here: " + ", ".join([*names, "'meta' (structure only, no memory)"])
 
 
-def _build(resolved: Resolved, device: str | torch.device, dtype: torch.dtype | str | None) -> nn.Module:
-    module, info = build_module(resolved, device=_parse_device(device), dtype=_parse_dtype(dtype))
+def _build(
+    resolved: Resolved, device: str | torch.device, dtype: torch.dtype | str | None, *, transfer: bool = True
+) -> nn.Module:
+    module, info = build_module(resolved, device=_parse_device(device), dtype=_parse_dtype(dtype), transfer=transfer)
     _INFO[module] = info
     return module
 
@@ -232,7 +235,8 @@ def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progr
         (tmp / SPEC_FILE).write_text(spec_text, encoding="utf-8")
         fault_point("wrote-spec")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
-        save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes)
+        save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes,
+                        transfers=info.transfers)  # fmt: skip
         fault_point("wrote-checkpoint")
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
@@ -339,7 +343,10 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
             "pass spec=..., or save into the module's existing build folder",
             code="no-spec",
         )
-    expected, info = build_module(resolved, device="meta")
+    expected, info = build_module(resolved, device="meta", transfer=False)  # structure only
+    own = _INFO.get(module)
+    if own is not None and own.spec.sha256 == info.spec.sha256:
+        info = replace(info, transfers=own.transfers)  # where its initial values came from
     _check_same_structure(module, expected)
     if unique_state(module)[1] != unique_state(expected)[1] or transposed_map(module) != transposed_map(expected):
         # The same ties, but the module registers its children in another order (another name
@@ -533,10 +540,11 @@ def _load(folder: Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
     resolved = _folder_spec(folder)
     ckpt = open_checkpoint(folder / CHECKPOINT_FILE)  # header and metadata only: no tensor data yet
     ckpt.check_spec(resolved.spec.sha256)  # an edited spec.yaml (say, an enormous layer) stops here
-    skeleton = _build(resolved, "meta", None)
+    skeleton = _build(resolved, "meta", None, transfer=False)  # the values come from the checkpoint
     ckpt.check_structure(skeleton)  # ties, names, shapes: still nothing allocated
     module = _allocate(resolved, device, skeleton)
     ckpt.load_into(module)  # each tensor takes the dtype it was saved in; sha256 checked first
+    _INFO[module] = replace(_INFO[module], transfers=ckpt.transfers)
     return module, ckpt
 
 
@@ -557,7 +565,7 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
         if unique_state(module)[1] == ties and transposed_map(module) == transposed:
             _INFO[module] = info
             return module
-    return _build(resolved, device, None)
+    return _build(resolved, device, None, transfer=False)
 
 
 def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.Module:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -28,12 +28,14 @@ from . import _registry as registry
 from ._errors import Collector, SpecPath, format_path
 from ._flow import GraphInfo
 from ._fmt import human_bytes
+from ._initialize import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
 from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
 from ._resolve import Resolved
 from ._rng import PortableInit
 from ._spec import Spec
 from ._ties import apply_ties
+from ._transfer import Transfer
 
 __all__ = ["DTYPES", "BuildInfo", "build_module", "example_specs"]
 
@@ -63,6 +65,7 @@ class BuildInfo:
     spec: Spec
     block_sites: dict[str, tuple[str, ...]]
     origins: dict[str, str]
+    transfers: tuple[Transfer, ...] = ()  # what init rules with 'from:' took (see _transfer)
 
     def owner(self, module_name: str) -> str | None:
         """The innermost block that contains the module named ``module_name``."""
@@ -147,7 +150,7 @@ def _first_line(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def _seeded(seed: int, device: torch.device) -> Iterator[torch.Generator]:
     """Initialize from one generator seeded with ``seed``, the same bits on every machine.
 
     ``uniform_``/``normal_`` (what every layer's default init ends in) draw from that one
@@ -159,7 +162,7 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=devices), torch.device(device), PortableInit(generator):
         torch.manual_seed(seed)
-        yield
+        yield generator
 
 
 def build_module(
@@ -167,18 +170,20 @@ def build_module(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    transfer: bool = True,
 ) -> tuple[nn.Module, BuildInfo]:
-    """Construct, materialize and seed the modules of ``resolved``.
+    """Construct, materialize and seed the modules of ``resolved``, then apply its init rules.
 
     Returns the module (an ``nn.ModuleDict`` keyed by model name for a multi-model
     spec) and its :class:`BuildInfo`. On ``device="meta"`` nothing is allocated:
-    shapes and counts are real, values are not.
+    shapes and counts are real, values are not. ``transfer=False`` reads no init
+    rule's ``from:`` folder (for a model whose values come from its own checkpoint).
     """
     spec = resolved.spec
     device = torch.device(device)
     errors = Collector(file=spec.file, positions=spec.positions)
     builder = _Builder(spec, errors)
-    with _seeded(spec.seed, device):
+    with _seeded(spec.seed, device) as generator:
         for name in resolved.order:
             builder.blocks[name] = builder.node(spec.blocks[name])
         roots = {name: builder.node(node) for name, node in spec.roots.items()}
@@ -192,9 +197,14 @@ def build_module(
     errors.raise_if_errors()
     _apply_trainable(root, builder.trainable, errors)
     errors.raise_if_errors()
+    info = _info(root, spec, builder)
+    # init rules last: after the default init, the example pass, the ties and freezing (see _init)
+    transfers = apply_init(root, spec.init, spec_file=spec.file, block_sites=info.block_sites,
+                           generator=generator, errors=errors, transfer=transfer)  # fmt: skip
+    errors.raise_if_errors()
     if dtype is not None:
         root = root.to(dtype)  # keeps module and parameter ties (see TIES-IN-TORCH.md)
-    return root, _info(root, spec, builder)
+    return root, replace(info, transfers=transfers)
 
 
 def _apply_trainable(root: nn.Module, flags: dict[int, tuple[bool, SpecPath]], errors: Collector) -> None:

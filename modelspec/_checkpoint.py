@@ -8,7 +8,9 @@ the metadata maps every other alias to it. No pickle is involved.
 What gives the bytes their meaning is bound to them. The metadata records each
 tensor's dtype and shape beside the sha256 of its bytes, and ``metadata_sha256`` is a
 digest over every other metadata field (format version, spec hash, ties, transposed
-ties, frozen parameters, the tensor records).
+ties, frozen parameters, the tensor records, transfers). ``transfers`` (written only
+when init rules took tensors from other build folders, see ``_transfer``) records the
+source folder, its checkpoint's digest and each tensor taken.
 
 Ties: ``ties`` maps each alias of a stored tensor to its canonical name (one tensor
 under several names: a shared block, or a parameter tie); ``transposed_ties`` maps each
@@ -52,6 +54,7 @@ import torch.nn as nn
 from ._errors import CheckpointError
 from ._stats import raw_bytes, sha256_of
 from ._ties import OUTSIDE, transposed_map
+from ._transfer import Transfer, transfers_of, transfers_to_json
 from ._version import __version__
 
 __all__ = [
@@ -71,7 +74,7 @@ FORMAT_VERSION = "2"
 #: the metadata fields covered by ``metadata_sha256``; all are required and non-empty
 FIELDS = ("format", "format_version", "modelspec_version", "spec_sha256", "ties", "tensors", "sha256", "frozen")
 #: covered by ``metadata_sha256`` when present; absent means empty (files written before it)
-OPTIONAL_FIELDS = ("transposed_ties",)
+OPTIONAL_FIELDS = ("transposed_ties", "transfers")
 DIGEST = "metadata_sha256"
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -115,13 +118,18 @@ def _st_dtype(name: str, t: torch.Tensor) -> str:
 
 
 def save_checkpoint(
-    module: nn.Module, path: Path, *, spec_sha256: str, hashes: dict[str, str] | None = None
+    module: nn.Module,
+    path: Path,
+    *,
+    spec_sha256: str,
+    hashes: dict[str, str] | None = None,
+    transfers: tuple[Transfer, ...] = (),
 ) -> dict[str, str]:
     """Write ``module``'s unique tensors to ``path``; return the metadata written.
 
     ``spec_sha256`` is the canonical hash of the spec the module was built from.
     ``hashes`` (canonical name -> sha256) may come from a report computed just before,
-    to avoid hashing twice.
+    to avoid hashing twice. ``transfers``: what init rules took from other build folders.
     """
     if not _HEX64.fullmatch(spec_sha256 or ""):
         raise CheckpointError(f"a checkpoint needs the spec's sha256, got {spec_sha256!r}", code="metadata-missing")
@@ -152,6 +160,8 @@ def save_checkpoint(
     }
     if transposed:
         metadata["transposed_ties"] = json.dumps(transposed, sort_keys=True)
+    if transfers:  # written only when there are some: other checkpoints stay as they were
+        metadata["transfers"] = transfers_to_json(transfers)
     metadata[DIGEST] = metadata_digest(metadata)
     write_safetensors(path, data, metadata)
     return metadata
@@ -196,6 +206,7 @@ class Checkpoint:
     sha256: dict[str, str]
     frozen: frozenset[str]
     transposed: dict[str, str]  # parameter read transposed -> canonical name of its source
+    transfers: tuple[Transfer, ...] = ()  # what init rules took from other build folders
 
     def check_spec(self, spec_sha256: str) -> None:
         """Refuse a checkpoint written for another spec (code ``spec-mismatch``)."""
@@ -398,6 +409,8 @@ def open_checkpoint(path: Path) -> Checkpoint:
     sums = _json_field(path, meta, "sha256", lambda v: _str_map(v) and all(map(_HEX64.fullmatch, v.values())))
     frozen = _json_field(path, meta, "frozen", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
     transposed = _json_field(path, meta, "transposed_ties", _str_map) if "transposed_ties" in meta else {}
+    transfers = transfers_of(_json_field(path, meta, "transfers", lambda v: isinstance(v, list)), path) if (
+        "transfers" in meta) else ()  # fmt: skip
     if not _HEX64.fullmatch(meta["spec_sha256"]) or not _HEX64.fullmatch(meta[DIGEST]):
         raise _fail(path, "metadata-damaged", "damaged metadata: 'spec_sha256' and 'metadata_sha256' are sha256 hex")
     if set(sums) != set(records) or not set(frozen) <= set(records) or not set(ties.values()) <= set(records):
@@ -408,7 +421,9 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise _fail(path, "metadata-mismatch", "the metadata was edited after it was written (its digest differs)")
     tensors = {n: _Record(r["dtype"], tuple(r["shape"])) for n, r in records.items()}
     _check_header(path, entries, tensors, data_size)
-    return Checkpoint(path, meta, ties, tensors, sums, frozenset(frozen), transposed)
+    if any(t.name not in records and t.name not in ties for r in transfers for t in r.tensors):
+        raise _fail(path, "metadata-damaged", "damaged metadata: 'transfers' names a tensor that is not there")
+    return Checkpoint(path, meta, ties, tensors, sums, frozenset(frozen), transposed, transfers)
 
 
 def _check_header(

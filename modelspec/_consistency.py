@@ -64,6 +64,7 @@ def check_report(report: Report, source: str = "report") -> None:
     _check_children(report, modules, problems)
     _check_ties(report, problems)
     _check_flows(report, modules, problems)
+    _check_transfers(report, problems)
     if problems.items:
         raise ReportError.of(source, "contradicts itself", problems.items)
 
@@ -307,6 +308,20 @@ def _check_ties(report: Report, problems: _Problems) -> None:
     for i, e in enumerate(report.tensors):
         if e.transposed_aliases and e.name not in grouped:
             problems.add(("tensors", i, "transposed_aliases"), "no tie group of kind 'transposed' lists them")
+
+
+def _check_transfers(report: Report, problems: _Problems) -> None:
+    """Each transferred tensor is a parameter of the report, named canonically, once."""
+    params = {e.name for e in report.tensors if e.kind == "parameter"}
+    seen: set[str] = set()
+    for i, t in enumerate(report.transfers):
+        for j, x in enumerate(t.tensors):
+            at: tuple[PathPart, ...] = ("transfers", i, "tensors", j, "name")
+            if x.name not in params:
+                problems.add(at, f"no parameter '{x.name}' in tensors")
+            elif x.name in seen:
+                problems.add(at, f"'{x.name}' is transferred twice")
+            seen.add(x.name)
 
 
 def _join(prefix: str, name: str) -> str:

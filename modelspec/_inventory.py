@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ._build import BuildInfo
 from ._stats import sha256_of, summarize
 from ._ties import transposed_map
+from ._transfer import Transfer
 from ._version import __version__
 
 __all__ = [
@@ -212,6 +213,10 @@ class Report(FrozenModel):
         default_factory=list, description="parameter ties: declared in the spec, or found in the module"
     )
     flows: list[Flow] = Field(default_factory=list, description="the data flow of every graph module")
+    transfers: list[Transfer] = Field(
+        default_factory=list,
+        description="parameters initialised from other build folders (init rules with 'from:'); absent when none",
+    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -339,6 +344,7 @@ def inventory(
         modules=_modules(module, info),
         ties=_declared_ties(info, transposed),
         flows=_flows(module),
+        transfers=list(info.transfers) if info else [],
     )
 
 

@@ -22,7 +22,8 @@ __all__ = ["CSV_COLUMNS", "Fold", "fold", "render_csv", "render_json", "render_m
 
 def render_json(report: Report) -> str:
     """``report.json``: the inventory, field order fixed by the model, 2-space indent."""
-    return report.model_dump_json(indent=2) + "\n"
+    # 'transfers' only when there are some: every other report.json stays as it was
+    return report.model_dump_json(indent=2, exclude=None if report.transfers else {"transfers"}) + "\n"
 
 
 def _md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -113,6 +114,13 @@ def render_md(report: Report, depth: int | None = None) -> str:
 def _md_tail(report: Report) -> list[str]:
     """Parameter ties, tie groups, top-level children and blocks."""
     lines: list[str] = []
+    if report.transfers:
+        lines += ["", "## Transferred parameters", ""]
+        lines += _md_table(
+            ["rule", "from", "source checkpoint", "parameters"],
+            [[f"init[{t.rule}]", f"`{t.source}`", f"`{t.checkpoint_sha256[:12]}`",
+              "<br>".join(f"`{x.name}` ← `{x.source_name}`" for x in t.tensors)] for t in report.transfers],
+        )  # fmt: skip
     if report.ties:
         lines += ["", "## Parameter ties", ""]
         lines += _md_table(["parameter", "is", "kind"], [[f"`{t.param}`", f"`{t.to}`", t.kind] for t in report.ties])
@@ -278,6 +286,11 @@ def render_text(report: Report, depth: int | None = None) -> str:
         for b in report.blocks:
             used = ", ".join(map(_site, b.sites)) or "nowhere (unused)"
             out.append(clip(f"  {b.name}: {b.params:,} parameters, used at {used}", 100))
+    if report.transfers:
+        out += ["", "transferred (init rules with 'from:'):"]
+        for t in report.transfers:
+            digest = t.checkpoint_sha256[:12]
+            out.append(clip(f"  init[{t.rule}]: {len(t.tensors)} tensor(s) from {t.source} (checkpoint {digest})", 100))
     out += ["", "totals:", *_totals_lines(report)]
     return "\n".join(out) + "\n"
 

@@ -25,6 +25,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from ._errors import Collector, Diagnostic, SpecPath, did_you_mean
+from ._init import InitRule, Rule, parse_rules
 from ._nodes import (
     RESERVED,
     RESERVED_CHILD_NAMES,
@@ -126,6 +127,10 @@ class SpecFile(BaseModel):
         default_factory=list,
         description="parameter ties: each 'param' becomes 'to' (the same nn.Parameter), or reads it transposed",
     )
+    init: list[InitRule] = Field(
+        default_factory=list,
+        description="init rules, applied in order after the default init; for each parameter the last match wins",
+    )
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class Spec:
     model: Node | None
     models: dict[str, Node] | None
     ties: tuple[Tie, ...] = ()
+    init: tuple[Rule, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict)  # the values used (after overrides)
     file: str = "<spec>"
     sha256: str = ""  # canonical_sha256(self), set by parse()
@@ -184,6 +190,8 @@ class Spec:
             data["model"] = node_to_data(self.model, ordered)  # type: ignore[arg-type]
         if self.ties:  # absent when empty: specs without ties keep their hash
             data["ties"] = [t.to_data() for t in self.ties]
+        if self.init:  # absent when empty, as ties
+            data["init"] = [r.to_data() for r in self.init]
         return data
 
 
@@ -211,7 +219,7 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
             hint="set 'modelspec: 1', or upgrade modelspec",
         )
     for key in data:
-        if key in RESERVED:
+        if key in RESERVED and key not in SpecFile.model_fields:
             reserved(errors, key, (key,))
         elif key not in SpecFile.model_fields:
             errors.add(
@@ -224,7 +232,7 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
         errors.add("conflicting-keys", "give either 'model' or 'models', not both", ("models",))
     elif "model" not in data and "models" not in data:
         errors.add("missing-key", "the spec defines no model", hint="add 'model:' (or 'models:' for several)")
-    known = {k: v for k, v in data.items() if k in SpecFile.model_fields}
+    known = {k: v for k, v in data.items() if k in SpecFile.model_fields and k != "init"}  # init: parse_rules
     known["modelspec"] = FORMAT_VERSION  # checked above; go on checking the rest
     top: SpecFile | None = None
     try:
@@ -258,6 +266,7 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
                     ("models", name),
                     hint=f"choose another name, e.g. '{name.strip('_')}_model'",
                 )
+    rules = parse_rules(data["init"], errors) if "init" in data else ()
     errors.raise_if_errors()
     assert top is not None
     spec = Spec(
@@ -269,6 +278,7 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
         model=model,
         models=models,
         ties=tuple(Tie(t.param, t.to, t.transposed, ("ties", i)) for i, t in enumerate(top.ties)),
+        init=rules,
         vars=values,
         file=doc.file,
         positions=doc.positions,

@@ -234,9 +234,9 @@ def test_load_reties_the_allocated_skeleton_instead_of_building_again(tmp_path: 
     devices = []
     real = api._build
 
-    def counting(resolved, device, dtype):
+    def counting(resolved, device, dtype, **kw):
         devices.append(str(device))
-        return real(resolved, device, dtype)
+        return real(resolved, device, dtype, **kw)
 
     monkeypatch.setattr(api, "_build", counting)
     loaded = modelspec.load(tmp_path / "b")
