@@ -34,7 +34,7 @@ from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Us
 from ._resolve import Resolved
 from ._rng import PortableInit
 from ._spec import Spec
-from ._ties import apply_ties
+from ._ties import apply_ties, links_of
 from ._transfer import Transfer
 
 __all__ = ["DTYPES", "BuildInfo", "build_module", "example_specs"]
@@ -219,10 +219,13 @@ def _apply_trainable(root: nn.Module, flags: dict[int, tuple[bool, SpecPath]], e
     def visit(module: nn.Module, prefix: str, flag: bool, where: SpecPath | None) -> None:
         if id(module) in flags:
             flag, where = flags[id(module)]
-        for name, p in module._parameters.items():
-            if p is not None:
-                seen = found.setdefault(id(p), (p, {}))[1]
-                seen.setdefault(flag, (prefix + name, where))
+        held = [(name, p) for name, p in module._parameters.items() if p is not None]
+        # a transposed tie reads another module's parameter: that tensor is this module's too
+        held += [(name, source._parameters[attr]) for name, (source, attr) in links_of(module).items()
+                 if source._parameters.get(attr) is not None]  # fmt: skip
+        for name, p in held:
+            seen = found.setdefault(id(p), (p, {}))[1]
+            seen.setdefault(flag, (prefix + name, where))
         for name, child in module._modules.items():
             if child is not None:
                 visit(child, f"{prefix}{name}.", flag, where)

@@ -208,6 +208,14 @@ def test_one_tensor_cannot_be_frozen_at_one_place_and_trained_at_another() -> No
         "ties:\n  - {param: dec.weight, to: enc.weight}\n"
     )
     assert [c for c, _, _ in codes(tied)] == ["trainable-conflict"]
+    transposed = HEAD + (
+        "model:\n  enc: {Linear: [4, 3]}\n  dec: {Linear: [3, 4], trainable: false}\n"
+        "ties:\n  - {param: dec.weight, to: enc.weight, transposed: true}\n"
+    )
+    assert [c for c, _, _ in codes(transposed)] == ["trainable-conflict"]  # dec reads enc's tensor
+    both = transposed.replace("enc: {Linear: [4, 3]}", "enc: {Linear: [4, 3], trainable: false}")
+    model = modelspec.build(both)
+    assert not model.enc.weight.requires_grad and not model.dec.bias.requires_grad
 
 
 def _validate_errors(text: str) -> list[modelspec.Diagnostic]:

@@ -405,3 +405,22 @@ def test_zoo_specs_are_not_longer_than_their_twins() -> None:
     for spec, ours, theirs in rows:
         print(f"  {spec:24} {ours:4} / {theirs:4}", file=sys.stderr)
     assert [r[0] for r in rows if r[1] <= r[2]] == [r[0] for r in rows if r[0] in SHORTER]
+
+
+@pytest.mark.parametrize("n_layer", [12, 24])
+def test_gpt2_spec_carries_gpt2s_initialization(n_layer: int) -> None:
+    """N(0, 0.02) weights, zero biases, and the residual projections at 0.02 / sqrt(2 n_layer),
+    which follows an override of n_layer (a narrow model keeps the test fast)."""
+    model = modelspec.build(ROOT / "specs/zoo/gpt2.yaml", n_layer=n_layer, d_model=256, n_head=4)
+    with torch.no_grad():
+        residual = torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")])
+        others = torch.cat(
+            [model.transformer.wte.weight.flatten(), model.transformer.h[0].attn.c_attn.weight.flatten()]
+        )
+        biases = [p for n, p in model.named_parameters() if n.endswith(".bias") and ".ln_" not in n and "ln_f" not in n]
+        # sample std of ~10^6 (resp. ~10^7) normal draws: within 1% of the target
+        assert abs(float(residual.std()) / (0.02 / (2 * n_layer) ** 0.5) - 1) < 0.01
+        assert abs(float(others.std()) / 0.02 - 1) < 0.01
+        assert all(bool((b == 0).all()) for b in biases)
+        assert bool((model.transformer.ln_f.weight == 1).all())
+    assert model.lm_head.weight is model.transformer.wte.weight  # initialized once, as the embedding
