@@ -64,8 +64,20 @@ def forwards(model: Callable[[torch.Tensor], object], x: torch.Tensor, n: int) -
 
 
 def gpt2_twin() -> torch.nn.Module:
+    """The twin, initialized as GPT-2 is (and as the spec's ``init:`` says), the way minimal GPT
+    code does it: torch's own normal_ on every Linear and Embedding weight, zero biases, the
+    residual projections at 0.02 / sqrt(2 n_layer)."""
     torch.manual_seed(0)
-    return twins.GPT(twins.GPT2_SMALL)
+    model = twins.GPT(twins.GPT2_SMALL)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("c_proj.weight"):
+                p.normal_(0.0, 0.02 / (2 * twins.GPT2_SMALL.n_layer) ** 0.5)
+            elif name.endswith(".weight") and p.dim() == 2:
+                p.normal_(0.0, 0.02)
+            elif name.endswith(".bias") and ".ln_" not in name and "ln_f" not in name:
+                p.zero_()
+    return model
 
 
 def resnet_twin() -> torch.nn.Module:
