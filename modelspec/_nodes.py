@@ -100,7 +100,10 @@ RESERVED_GRAPH_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph()))) |
 RESERVED_CONTAINER_NAMES = frozenset(dir(nn.ModuleDict()))
 #: Keywords of later format versions -> what they will do, and what to write today.
 RESERVED: dict[str, tuple[str, str]] = {
-    "init": ("initialization settings", "set 'seed'; initialize further in Python after modelspec.build"),
+    "init": (
+        "initialization settings on a node",
+        "write an init rule at the top level, e.g. 'init: [{params: \"encoder.*\", normal: {std: 0.02}}]'",
+    ),
     "plugins": (
         "plugins",
         "a spec cannot load code: pass --plugin MODULE to the command, or call modelspec.register_layer in Python",
