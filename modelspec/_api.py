@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ._build import DTYPES, BuildInfo, build_module, example_specs
-from ._checkpoint import Checkpoint, open_checkpoint, save_checkpoint, unique_state
+from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
@@ -61,7 +61,6 @@ SpecSource = str | os.PathLike[str]
 #: ``progress(done_bytes, total_bytes)``, called while checksums and statistics run.
 Progress = Callable[[int, int], None]
 SPEC_FILE = "spec.yaml"
-CHECKPOINT_FILE = "model.safetensors"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.nn.parameter import UninitializedParameter
 
 from . import _registry as registry
-from ._errors import Collector, SpecPath, format_path
+from ._errors import Collector, SpecPath, first_line, format_path
 from ._flow import GraphInfo
 from ._fmt import human_bytes
 from ._initialize import apply_init
@@ -129,7 +129,7 @@ class _Builder:
             self.errors.add("too-large", message, node.path, hint=hint)
             return nn.Identity()
         self.errors.add(
-            "build-error", f"{node.type}(...) failed: {_first_line(e)}", node.path, hint="check the argument values"
+            "build-error", f"{node.type}(...) failed: {first_line(e)}", node.path, hint="check the argument values"
         )
         return nn.Identity()
 
@@ -142,11 +142,6 @@ def _size_on_meta(cls: type[nn.Module], values: dict[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - the size is a courtesy; the error is reported anyway
         return "more memory"
     return human_bytes(sum(t.numel() * t.element_size() for t in [*m.parameters(), *m.buffers()]))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 @contextlib.contextmanager
@@ -551,7 +546,7 @@ def _report_graph_failure(
             if isinstance(root, Graph) and root.inputs[i].example is not None:  # 'inputs.ids.dtype', not 'input.dtype'
                 key = f"inputs.{root.inputs[i].name}"
                 hint = hint.replace("input.dtype", f"{key}.dtype").replace("input.shape", f"{key}.shape")
-    errors.add("build-error", f"the example input {given} failed in {label} at {where}: {_first_line(e)}", path,
+    errors.add("build-error", f"the example input {given} failed in {label} at {where}: {first_line(e)}", path,
                hint=hint)  # fmt: skip
 
 
@@ -570,7 +565,7 @@ def _report_failure(e: Exception, model: str, x: torch.Tensor, spec: Spec, trace
             tracer.paused = False
     errors.add(
         "build-error",
-        f"the example input {list(x.shape)} failed in {label} at {site.describe()}: {_first_line(e)}",
+        f"the example input {list(x.shape)} failed in {label} at {site.describe()}: {first_line(e)}",
         site.path,
         hint=hint,
     )

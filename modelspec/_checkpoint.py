@@ -58,6 +58,7 @@ from ._transfer import Transfer, transfers_of, transfers_to_json
 from ._version import __version__
 
 __all__ = [
+    "CHECKPOINT_FILE",
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
@@ -68,6 +69,8 @@ __all__ = [
     "unique_state",
 ]
 
+#: The checkpoint's name in a build folder.
+CHECKPOINT_FILE = "model.safetensors"
 FORMAT = "modelspec"
 #: "2": dtype/shape records and ``metadata_sha256``; files without it are refused as old.
 FORMAT_VERSION = "2"

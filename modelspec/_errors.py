@@ -46,6 +46,7 @@ __all__ = [
     "TieMismatchError",
     "UsageError",
     "did_you_mean",
+    "first_line",
     "format_path",
 ]
 
@@ -243,3 +244,11 @@ class Collector:
     def raise_if_errors(self) -> None:
         if self.errors:
             raise SpecError(self.errors)
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (with the code of a ModelspecError), for messages
+    that quote an exception raised by code modelspec called."""
+    text = str(e).strip().splitlines()
+    head = type(e).__name__ + (f"[{e.code}]" if isinstance(e, ModelspecError) else "")
+    return f"{head}: {text[0] if text else ''}"

@@ -196,9 +196,6 @@ class Rule:
             data[self.method] = dict(self.args)
         return data
 
-    def describe_args(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.args.items())
-
 
 # ---------------------------------------------------------------- parsing
 def parse_rules(raw: Any, errors: Collector) -> tuple[Rule, ...]:

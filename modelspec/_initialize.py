@@ -24,7 +24,7 @@ from ._errors import CheckpointError, Collector, closest, did_you_mean
 from ._init import FAN_METHODS, METHODS, SELECTORS, Rule
 from ._rng import PortableInit, normal_
 from ._ties import transposed_map
-from ._transfer import Source, Transfer, TransferredTensor, open_source, rename
+from ._transfer import Source, Transfer, TransferredTensor, rename
 
 __all__ = ["apply_init"]
 
@@ -313,7 +313,7 @@ def _check_sources(
         folder = _source_folder(spec_file, rule.source)
         if folder not in opened:
             try:
-                opened[folder] = open_source(folder)
+                opened[folder] = Source(folder)
             except CheckpointError as e:
                 opened[folder] = e
         source = opened[folder]

@@ -173,9 +173,9 @@ class Layer:
     trainable: bool | None = None  # ``trainable: false`` freezes its parameters
 
     def to_data(self, ordered: bool = False) -> Any:
-        arguments = self._arguments(ordered)
         if self.trainable is not None:
             return self.entry_data(ordered)
+        arguments = self._arguments(ordered)
         return {self.type: arguments} if arguments else self.type
 
     def entry_data(self, ordered: bool = False) -> dict[str, Any]:
@@ -635,28 +635,9 @@ class NodeParser:
             return node
         return replace(node, trainable=flag)
 
-    def repeat(self, raw: dict[str, Any], path: SpecPath) -> Node:
+    def repeat(self, raw: dict[str, Any], path: SpecPath) -> Repeat:
         """``{repeat: N, of: NODE, groups: G}``."""
-        for key in raw:
-            if key not in REPEAT_KEYS:
-                self.errors.add(
-                    "unknown-key",
-                    f"unknown key '{key}' in a repeat",
-                    (*path, key),
-                    hint=did_you_mean(key, REPEAT_KEYS) or "a repeat takes 'repeat: N', 'of: NODE' and 'groups'",
-                )
-        count = raw["repeat"]
-        where = (*path, "repeat")
-        if not isinstance(count, int) or isinstance(count, bool):
-            self.errors.add("wrong-type", f"'repeat' takes a whole number of copies, got {kind_of(count)}", where,
-                            hint="e.g. 'repeat: 12' or 'repeat: $n_layer'")  # fmt: skip
-            count = 1
-        elif count < 1:
-            self.errors.add("bad-argument", f"'repeat' takes at least 1 copy, got {count}", where)
-            count = 1
-        elif count > MAX_REPEAT:
-            self.errors.add("too-large", f"'repeat: {count}' is more than {MAX_REPEAT:,} copies", where)
-            count = 1
+        count = self.count(raw, path)
         if "of" not in raw:
             self.errors.add("missing-key", "a repeat needs 'of': the node to repeat", path,
                             hint="e.g. '{repeat: 12, of: {use: layer}}'")  # fmt: skip
@@ -674,26 +655,49 @@ class NodeParser:
             groups = None
         return Repeat(count, body, groups, path)
 
+    def count(self, raw: dict[str, Any], path: SpecPath) -> int:
+        """A repeat's keys and its number of copies (1 where it is wrong: the error is reported)."""
+        for key in raw:
+            if key not in REPEAT_KEYS:
+                self.errors.add(
+                    "unknown-key",
+                    f"unknown key '{key}' in a repeat",
+                    (*path, key),
+                    hint=did_you_mean(key, REPEAT_KEYS) or "a repeat takes 'repeat: N', 'of: NODE' and 'groups'",
+                )
+        count, where = raw["repeat"], (*path, "repeat")
+        if not isinstance(count, int) or isinstance(count, bool):
+            self.errors.add("wrong-type", f"'repeat' takes a whole number of copies, got {kind_of(count)}", where,
+                            hint="e.g. 'repeat: 12' or 'repeat: $n_layer'")  # fmt: skip
+        elif count < 1:
+            self.errors.add("bad-argument", f"'repeat' takes at least 1 copy, got {count}", where)
+        elif count > MAX_REPEAT:
+            self.errors.add("too-large", f"'repeat: {count}' is more than {MAX_REPEAT:,} copies", where)
+        else:
+            return count
+        return 1
+
     def repeated_call(self, raw: dict[str, Any], path: SpecPath) -> Call:
         """``{repeat: N, of: {call: node}}`` in a graph: the node's module N times in a chain."""
-        rest = {k: v for k, v in raw.items() if k not in ("of", "groups", "trainable")}
-        parsed = self.repeat({**rest, "of": "Identity"}, path)  # the count and unknown keys
-        of = raw["of"]
-        if len(of) > 1 or not isinstance(of["call"], str):
-            self.errors.add(
-                "bad-call",
-                "'call' takes the name of a layer node of this graph and stands alone",
-                (*path, "of", "call"),
-                hint="e.g. '{repeat: 11, of: {call: layer}, in: [h, mask]}'",
-            )
+        count = self.count(raw, path)
         if "groups" in raw:
             self.errors.add("bad-repeat", "'groups' has nothing to group: every call runs the one module",
                             (*path, "groups"), hint="remove 'groups'")  # fmt: skip
         if "trainable" in raw:
             self.errors.add("bad-call", "'trainable' belongs where the called layer node is written",
                             (*path, "trainable"))  # fmt: skip
-        target = of["call"] if isinstance(of["call"], str) else ""
-        return Call(target, (*path, "of", "call"), parsed.count if isinstance(parsed, Repeat) else 1)
+        return replace(self.call(raw["of"], (*path, "of")), times=count)
+
+    def call(self, raw: dict[str, Any], path: SpecPath) -> Call:
+        """``{call: node}``: a layer node of the same graph, called again."""
+        if len(raw) > 1 or not isinstance(raw["call"], str):
+            self.errors.add(
+                "bad-call",
+                "'call' takes the name of a layer node of this graph and stands alone (with 'in')",
+                (*path, "call"),
+                hint="e.g. 'emb_b: {call: trunk, in: b}', or '{repeat: 11, of: {call: layer}, in: [h, mask]}'",
+            )
+        return Call(raw["call"] if isinstance(raw["call"], str) else "", (*path, "call"))
 
     def groups(self, raw: Any, count: int, path: SpecPath) -> tuple[int, ...] | None:
         """``groups: 3`` (equal groups) or ``groups: [1, 11]`` (sizes) -> sizes."""
@@ -918,14 +922,7 @@ class NodeParser:
         elif isinstance(raw, dict) and "repeat" in raw and isinstance(raw.get("of"), dict) and "call" in raw["of"]:
             body = self.repeated_call(raw, path)
         elif isinstance(raw, dict) and "call" in raw:
-            if len(raw) > 1 or not isinstance(raw["call"], str):
-                self.errors.add(
-                    "bad-call",
-                    "'call' takes the name of a layer node of this graph and stands alone (with 'in')",
-                    (*path, "call"),
-                    hint="e.g. 'emb_b: {call: trunk, in: b}'",
-                )
-            body = Call(raw["call"] if isinstance(raw["call"], str) else "", (*path, "call"))
+            body = self.call(raw, path)
         elif isinstance(raw, dict) and len(raw) == 1 and next(iter(raw)) == "Sequential":
             items = raw["Sequential"]
             if not isinstance(items, list) or not items:
@@ -1265,7 +1262,6 @@ def schema_defs() -> dict[str, Any]:
                         "propertyNames": {"pattern": DOTTED_NAME.pattern},
                         "additionalProperties": {"$ref": "#/$defs/Tensor"}},
             "trainable": trainable,
-            "in": {"$ref": "#/$defs/In"},
         },
         "required": ["nodes"],
         "additionalProperties": False,

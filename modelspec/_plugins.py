@@ -22,18 +22,12 @@ import importlib.metadata
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import ModelspecError
+from ._errors import ModelspecError, first_line
 
 __all__ = ["GROUP", "import_plugins", "load_entry_points", "plugin_error"]
 
 GROUP = "modelspec.layers"
 _HINT = "is the module installed, or its folder on PYTHONPATH?"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    head = type(e).__name__ + (f"[{e.code}]" if isinstance(e, ModelspecError) else "")
-    return f"{head}: {text[0]}" if text else head
 
 
 def plugin_error(message: str) -> ModelspecError:
@@ -50,7 +44,7 @@ def import_plugins(modules: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as e:
-            raise plugin_error(f"plugin module '{name}' failed to import: {_first_line(e)}"
+            raise plugin_error(f"plugin module '{name}' failed to import: {first_line(e)}"
                                + (f" ({_HINT})" if isinstance(e, ModuleNotFoundError) else "")) from e  # fmt: skip
 
 
@@ -78,7 +72,7 @@ def load_entry_points(register: Callable[[Any, str], object]) -> None:
         try:
             register(ep.load(), ep.name)
         except Exception as e:  # noqa: BLE001 - a broken plugin is reported by name, not as a traceback
-            problems.append(f"{_label(ep)}: {_first_line(e)}")
+            problems.append(f"{_label(ep)}: {first_line(e)}")
             cause = cause or e
     if problems:
         raise plugin_error("; ".join(problems)) from cause

@@ -34,10 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._errors import CheckpointError
 
-__all__ = ["SOURCE_CHECKPOINT", "Source", "Transfer", "TransferredTensor", "open_source", "rename", "transfers_of"]
+__all__ = ["Source", "Transfer", "TransferredTensor", "rename", "transfers_of"]
 
-#: the checkpoint file of a build folder (``modelspec._api.CHECKPOINT_FILE``; a test keeps them equal)
-SOURCE_CHECKPOINT = "model.safetensors"
 _SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -84,16 +82,16 @@ class Source:
     """A verified source checkpoint: header and metadata checked, tensors read on demand."""
 
     def __init__(self, folder: Path) -> None:
-        from ._checkpoint import open_checkpoint  # _checkpoint stores our records: imported late
+        from ._checkpoint import CHECKPOINT_FILE, open_checkpoint  # _checkpoint stores our records: imported late
 
         self.folder = folder
         if not folder.is_dir():
             what = "does not exist" if not folder.exists() else "is not a folder"
             raise CheckpointError(f"{folder} {what}", code="not-a-folder")
-        path = folder / SOURCE_CHECKPOINT
+        path = folder / CHECKPOINT_FILE
         if not path.is_file():
             raise CheckpointError(
-                f"{folder} is not a build folder (it has no {SOURCE_CHECKPOINT})", code="not-a-build-folder"
+                f"{folder} is not a build folder (it has no {CHECKPOINT_FILE})", code="not-a-build-folder"
             )
         self.checkpoint = open_checkpoint(path)
 
@@ -124,11 +122,6 @@ class Source:
                     f"{path}: checksum mismatch in '{name}': the file is damaged", code="checksum-mismatch"
                 )
         return out
-
-
-def open_source(folder: Path) -> Source:
-    """Open a build folder as a transfer source. Raises CheckpointError (its ``code`` says why)."""
-    return Source(folder)
 
 
 def transfers_to_json(transfers: Sequence[Transfer]) -> str:

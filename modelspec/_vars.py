@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import Collector, SpecPath, did_you_mean
+from ._nodes import kind_of
 from ._yaml_scalars import construct, resolve_plain
 
 __all__ = ["FUNCTIONS", "MAX_EXPRESSION", "Variables", "parse_override", "substitute"]
@@ -94,19 +95,9 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "null" if value is None else type(value).__name__
-
-
 def _number(value: Any, what: str, offset: int | None) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _EvalError("wrong-type", f"{what} must be a number, got {_kind(value)} {_show(value)}", offset=offset)
+        raise _EvalError("wrong-type", f"{what} must be a number, got {kind_of(value)} {_show(value)}", offset=offset)
     return value
 
 
@@ -211,7 +202,7 @@ def _refusal(node: ast.expr) -> str:
     if isinstance(node, ast.Call):
         return "only these functions can be called: " + ", ".join(FUNCTIONS)
     if isinstance(node, ast.Constant):
-        return f"{_kind(node.value)} literal cannot be used in an expression; use a variable or write the value"
+        return f"{kind_of(node.value)} literal cannot be used in an expression; use a variable or write the value"
     if isinstance(node, ast.Compare | ast.BoolOp | ast.IfExp):
         return "comparisons and conditions are not allowed in an expression"
     return f"'{type(node).__name__}' is not allowed in an expression"
@@ -250,7 +241,7 @@ def substitute(
     if raw_vars is None:
         raw_vars = {}
     if not isinstance(raw_vars, dict):
-        errors.add("wrong-type", f"'vars' maps names to values, got {_kind(raw_vars)}", ("vars",),
+        errors.add("wrong-type", f"'vars' maps names to values, got {kind_of(raw_vars)}", ("vars",),
                    hint="e.g. 'vars: {d_model: 768, n_head: 12}'")  # fmt: skip
         raw_vars = {}
     overrides = dict(overrides or {})
@@ -289,7 +280,7 @@ def substitute(
                 )
                 result = default  # fmt: skip
         if isinstance(result, (list, dict)) or result is None:
-            errors.add("wrong-type", f"a variable holds a number, a boolean or a string, got {_kind(result)}", path)
+            errors.add("wrong-type", f"a variable holds a number, a boolean or a string, got {kind_of(result)}", path)
             continue
         variables.values[name] = result
     variables.used.clear()  # uses inside 'vars' do not count
@@ -358,7 +349,7 @@ def _type_change(default: Any, new: Any) -> str | None:
 def _type_name(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return "an integer"
-    return "a float" if isinstance(value, float) else _kind(value)
+    return "a float" if isinstance(value, float) else kind_of(value)
 
 
 def _feeds(name: str, raw_vars: dict[str, Any], variables: Variables) -> bool:

@@ -215,6 +215,10 @@ def _override(text: str) -> tuple[str, object]:
     try:
         return parse_override(text)
     except ValueError as e:
+        if "=" not in text:  # most likely the spec, after a list of overrides
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not NAME=VALUE; --set takes every word after it, so give SPEC before --set"
+            ) from None
         raise argparse.ArgumentTypeError(str(e)) from None
 
 

@@ -133,5 +133,5 @@ def test_an_editor_can_complete_node_entries() -> None:
     assert ref == defs["Layer"]["properties"]["Linear"]["$ref"] == "#/$defs/layer.Linear"
     softmax = defs["op.softmax"]
     assert "dim" in softmax["anyOf"][-1]["properties"]
-    assert set(defs["Graph"]["properties"]) == {"inputs", "nodes", "outputs", "params", "buffers", "trainable", "in"}
+    assert set(defs["Graph"]["properties"]) == {"inputs", "nodes", "outputs", "params", "buffers", "trainable"}
     assert {"$ref": "#/$defs/Graph"} in defs["Node"]["anyOf"]

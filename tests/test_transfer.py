@@ -177,7 +177,6 @@ def test_rename_prefixes_are_module_paths() -> None:
     assert _transfer.rename("body2.weight", {"body": "x"}) == "body2.weight"
     assert _transfer.rename("a.b.w", {"a": "x", "a.b": "y.z"}) == "y.z.w"
     assert _transfer.rename("w", {"": "bert"}) == "bert.w"
-    assert _transfer.SOURCE_CHECKPOINT == _api.CHECKPOINT_FILE
 
 
 def test_cli_build_and_error(tmp_path: Path) -> None:
