@@ -254,6 +254,7 @@ def substitute(
                 hint=did_you_mean(name, list(raw_vars))
                 or (f"variables: {', '.join(raw_vars)}" if raw_vars else "the spec declares no 'vars:'"),
             )
+    reads: dict[str, set[str]] = {}  # variable -> the variables its definition read
     for name, raw in raw_vars.items():
         path: SpecPath = ("vars", name)
         if not isinstance(name, str) or not name.isidentifier() or not name.isascii():
@@ -265,7 +266,9 @@ def substitute(
         given = name in overrides
         value = overrides[name] if given else raw
         where = "--set " + name if given else None
+        variables.used = set()
         result = _value(value, path, variables, errors, where)
+        reads[name] = variables.used
         if result is _FAILED:
             continue
         if given:
@@ -283,10 +286,10 @@ def substitute(
             errors.add("wrong-type", f"a variable holds a number, a boolean or a string, got {kind_of(result)}", path)
             continue
         variables.values[name] = result
-    variables.used.clear()  # uses inside 'vars' do not count
+    variables.used = set()  # uses inside 'vars' do not count
     out = {k: (v if k in _SKIP else _walk(v, (k,), variables, errors)) for k, v in data.items()}
     for name in overrides:
-        if name in variables.values and name not in variables.used and not _feeds(name, raw_vars, variables):
+        if name in variables.values and not _reaches(name, variables.used, reads):
             errors.add("unused-variable", f"override '{name}' changes nothing: no expression uses the variable",
                        ("vars", name), severity="warning")  # fmt: skip
     return out, dict(variables.values)
@@ -352,20 +355,10 @@ def _type_name(value: Any) -> str:
     return "a float" if isinstance(value, float) else kind_of(value)
 
 
-def _feeds(name: str, raw_vars: dict[str, Any], variables: Variables) -> bool:
-    """Whether a used variable is defined from ``name`` (directly or through others)."""
-    seen = {name}
-    changed = True
-    while changed:
-        changed = False
-        for other, raw in raw_vars.items():
-            if other in seen or not isinstance(raw, str) or not raw.startswith("$"):
-                continue
-            try:
-                names = {n.id for n in ast.walk(ast.parse(raw[1:].strip(), mode="eval")) if isinstance(n, ast.Name)}
-            except SyntaxError:
-                continue
-            if names & seen:
-                seen.add(other)
-                changed = True
-    return any(n in variables.used for n in seen - {name})
+def _reaches(name: str, used: set[str], reads: dict[str, set[str]]) -> bool:
+    """Whether the spec's expressions read ``name``, directly or through variables defined from it."""
+    feeding = {name}
+    for other, read in reads.items():  # definition order: a variable reads only earlier ones
+        if read & feeding:
+            feeding.add(other)
+    return bool(feeding & used)

@@ -185,6 +185,11 @@ def test_an_override_that_no_expression_reads_is_a_warning() -> None:
     spec = modelspec.compile_spec(text, overrides={"unused": 3}).spec
     assert [w.code for w in spec.warnings] == ["unused-variable"]
     assert not modelspec.compile_spec(text, overrides={"d": 3}).spec.warnings
+    chained = HEAD + "vars: {d: 2, ff: $4 * d, spare: $d + 1}\nmodel: {Linear: [$ff, 2]}\n"
+    assert not modelspec.compile_spec(chained, overrides={"d": 3}).spec.warnings  # read through ff
+    assert [w.code for w in modelspec.compile_spec(chained, overrides={"spare": 1}).spec.warnings] == [
+        "unused-variable"
+    ]
 
 
 @pytest.mark.parametrize(
