@@ -30,8 +30,8 @@ from ._flow import GraphInfo
 from ._fmt import human_bytes
 from ._initialize import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
-from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
-from ._resolve import Resolved
+from ._nodes import Children, FreeTensor, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
+from ._resolve import Resolved, unused_params
 from ._rng import PortableInit
 from ._spec import Spec
 from ._ties import apply_ties, links_of
@@ -189,6 +189,7 @@ def build_module(
         _materialize(root, roots, spec, builder, device, errors)
     errors.raise_if_errors()
     apply_ties(root, spec.ties, errors)
+    _check_tied_params(root, builder, spec, errors)
     errors.raise_if_errors()
     _apply_trainable(root, builder.trainable, errors)
     errors.raise_if_errors()
@@ -200,6 +201,27 @@ def build_module(
     if dtype is not None:
         root = root.to(dtype)  # keeps module and parameter ties (see TIES-IN-TORCH.md)
     return root, replace(info, transfers=transfers)
+
+
+def _check_tied_params(root: nn.Module, builder: _Builder, spec: Spec, errors: Collector) -> None:
+    """A free param that no node of its graph reads is used only if a tie names it, by its
+    qualified name at some place the graph sits (the resolver could only match name endings)."""
+    if not spec.ties:
+        return
+    tied = {name for t in spec.ties for name in (t.param, t.to)}
+    unused: dict[int, tuple[FreeTensor, bool]] = {}
+    for qual, module in root.named_modules(remove_duplicate=False):
+        info = builder.graphs.get(id(module))
+        if info is None:
+            continue
+        for t in unused_params(info.graph):
+            named = f"{qual}.{t.name}" if qual else t.name
+            seen = unused.get(id(t), (t, False))[1]
+            unused[id(t)] = (t, seen or named in tied)
+    for t, named in unused.values():
+        if not named:
+            errors.add("unused-param", f"param '{t.name}' is never read", t.path,
+                       hint=f"read it in a node's 'in:' (e.g. 'in: [x, {t.name}]'), tie it, or remove it")  # fmt: skip
 
 
 def _apply_trainable(root: nn.Module, flags: dict[int, tuple[bool, SpecPath]], errors: Collector) -> None:

@@ -18,10 +18,24 @@ from dataclasses import dataclass, replace
 
 from . import _registry as registry
 from ._errors import Collector, did_you_mean, format_path
-from ._nodes import Call, Children, Graph, GraphNode, Layer, Node, Op, Repeat, Seq, Use, iter_uses, subnodes
+from ._nodes import (
+    Call,
+    Children,
+    FreeTensor,
+    Graph,
+    GraphNode,
+    Layer,
+    Node,
+    Op,
+    Repeat,
+    Seq,
+    Use,
+    iter_uses,
+    subnodes,
+)
 from ._spec import Spec
 
-__all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve"]
+__all__ = ["Resolved", "graph_order", "iter_graphs", "iter_uses", "resolve", "unused_params"]
 
 
 @dataclass(frozen=True)
@@ -125,9 +139,17 @@ def _check_inputs(node: GraphNode, blocks: dict[str, Node], errors: Collector) -
         )
 
 
+def unused_params(graph: Graph) -> list[FreeTensor]:
+    """The graph's free params that no node reads and no output returns. A ``ties:`` entry
+    may still give one to a layer (``cls.predictions.bias`` is BERT's decoder bias): the build
+    checks that against the qualified names (:func:`check_tied_params`)."""
+    read = {r.name for n in graph.nodes for r in n.refs} | {r.name for r in graph.outputs}
+    return [t for t in graph.tensors if t.kind == "param" and t.name not in read]
+
+
 def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node], tied: frozenset[str] = frozenset()) -> None:
-    """``tied``: the parameter names of the spec's ``ties:``. A free param that a tie names is read
-    by the layer tied to it (``cls.predictions.bias`` is BERT's decoder bias), wherever the graph is."""
+    """``tied``: the parameter names of the spec's ``ties:``. An unread free param that a tie may
+    name (its name ends the tie's) is left to the build, which knows the qualified names."""
     names: dict[str, tuple[str, object]] = {}
     for kind, name, path in [
         *(("input", i.name, i.path) for i in graph.inputs),
@@ -157,11 +179,7 @@ def _check_graph(graph: Graph, errors: Collector, blocks: dict[str, Node], tied:
                 errors.add("name-conflict", f"'{other}' would nest inside '{name}', which is a layer or tensor",
                            names[other][1], hint=f"rename '{name}' or '{other}'")  # fmt: skip
                 break
-    read = {
-        t.name
-        for t in graph.tensors
-        if t.kind == "param" and any(n == t.name or n.endswith(f".{t.name}") for n in tied)
-    }
+    read = {t.name for t in unused_params(graph) if any(n == t.name or n.endswith(f".{t.name}") for n in tied)}
     for ref in [*(r for n in graph.nodes for r in n.refs), *graph.outputs]:
         read.add(ref.name)
         if ref.name not in names:

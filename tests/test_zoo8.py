@@ -424,3 +424,24 @@ def test_gpt2_spec_carries_gpt2s_initialization(n_layer: int) -> None:
         assert all(bool((b == 0).all()) for b in biases)
         assert bool((model.transformer.ln_f.weight == 1).all())
     assert model.lm_head.weight is model.transformer.wte.weight  # initialized once, as the embedding
+
+
+def test_a_tie_elsewhere_with_the_same_short_name_does_not_hide_an_unused_param() -> None:
+    """The resolver can only match name endings ('bias'); the build checks the qualified name, at
+    every place the graph sits, so a tie between other layers does not count as reading 'g.bias'."""
+    spec = """
+modelspec: 1
+blocks:
+  graph: {params: {bias: {shape: [4]}}, nodes: {a: {Linear: [4, 4]}}}
+model:
+  g: {use: graph}
+  h: {Linear: [4, 4]}
+ties:
+  - {param: h.bias, to: %s}
+"""
+    for check in (modelspec.validate, modelspec.build):
+        with pytest.raises(SpecError) as e:
+            check(spec % "g.a.bias")
+        assert [(d.code, d.line) for d in e.value.diagnostics] == [("unused-param", 4)]
+    model = modelspec.build(spec % "g.bias")  # this tie does name it: the Linear reads it
+    assert model.h.bias is model.g.bias
