@@ -6,9 +6,39 @@ import modelspec
 
 
 def test_all_equals_public_names() -> None:
-    public = {name for name in vars(modelspec) if not name.startswith("_") or name == "__version__"}
-    modules = {name for name, value in vars(modelspec).items() if type(value).__name__ == "module"}
+    public = {name for name in dir(modelspec) if not name.startswith("_") or name == "__version__"}
+    modules = {name for name in public if type(getattr(modelspec, name)).__name__ == "module"}
     assert set(modelspec.__all__) == public - modules
+    assert set(modelspec.__all__) == {*modelspec._WHERE, "__version__"}  # the lazy table lists every name
+    for name in modelspec.__all__:
+        assert getattr(modelspec, name) is not None, name
+
+
+def test_importing_modelspec_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys, modelspec; assert 'torch' not in sys.modules, 'torch was imported'; print(modelspec.__version__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == modelspec.__version__
+
+
+def test_unknown_attribute_is_an_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'buidl'"):
+        modelspec.buidl  # noqa: B018
 
 
 def test_every_public_callable_has_a_docstring() -> None:
