@@ -101,6 +101,24 @@ def test_save_of_a_wrapped_model_writes_the_models_folder(name: str, wrapper: st
     assert list(loaded.state_dict()) == list(model.state_dict())
 
 
+@pytest.mark.parametrize("wrapper", ["compile", "ddp"])
+def test_save_after_training_through_the_wrapper(wrapper: str, gloo: None, tmp_path: Path) -> None:
+    model = _build("gpt2")
+    # backend="eager": dynamo captures and runs the graph without generating code (seconds, not minutes)
+    wrapped = torch.compile(model, backend="eager") if wrapper == "compile" else _ddp(model)
+    opt = torch.optim.SGD(modelspec.parameters(wrapped), lr=0.1)
+    idx = torch.randint(0, TINY_GPT["vocab"], (2, 8), generator=torch.Generator().manual_seed(0))
+    wrapped(idx).square().mean().backward()
+    opt.step()
+    head, wte = model.get_submodule("lm_head").weight, model.get_submodule("transformer.wte").weight
+    assert head is wte  # the tie held through the wrapper and the step
+    modelspec.save(wrapped, tmp_path / "wrapped")
+    modelspec.save(model, tmp_path / "plain")
+    assert _files(tmp_path / "wrapped") == _files(tmp_path / "plain")
+    loaded = modelspec.load(tmp_path / "wrapped")
+    assert torch.equal(loaded.get_submodule("lm_head").weight, head)
+
+
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 def test_build_info_through_a_wrapper(wrapper: str, gloo: None) -> None:
     model = _build("siamese")
