@@ -22,6 +22,9 @@ _WHERE = {
     "diff": "_api",
     "grads": "_api",
     "load": "_api",
+    "load_state_dict": "_interop",
+    "parameters": "_interop",
+    "state_dict": "_interop",
     "materialize": "_api",
     "report": "_api",
     "retie": "_api",
@@ -61,11 +64,14 @@ __all__ = [
     "diff",
     "grads",
     "load",
+    "load_state_dict",
     "materialize",
+    "parameters",
     "register_layer",
     "report",
     "retie",
     "save",
+    "state_dict",
     "validate",
     "write_build",
 ]
@@ -111,5 +117,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         TieMismatchError,
         UsageError,
     )
+    from ._interop import load_state_dict, parameters, state_dict
     from ._inventory import Report
     from ._registry import register_layer

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,8 @@ from ._resolve import Resolved, resolve
 from ._source import load_text, read_file
 from ._spec import Spec, parse
 from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
+from ._wrap import INFO as _INFO
+from ._wrap import unwrap
 from ._yaml_scalars import dump as dump_yaml
 
 __all__ = [
@@ -64,8 +65,6 @@ SPEC_FILE = "spec.yaml"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-
-_INFO: weakref.WeakKeyDictionary[nn.Module, BuildInfo] = weakref.WeakKeyDictionary()
 
 
 def _read(source: SpecSource) -> tuple[str, str]:
@@ -214,15 +213,21 @@ def build(
 
 
 def build_info(module: nn.Module) -> BuildInfo | None:
-    """What modelspec knows about a module it built or loaded (None for others)."""
+    """What modelspec knows about a module it built or loaded (None for others).
+
+    The module carries it: it survives ``copy.deepcopy``, pickling and ``torch.compile``,
+    DDP and DataParallel wrappers (see :func:`modelspec._wrap.unwrap`)."""
     return _INFO.get(module)
 
 
 def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
     """The parameter inventory of any module: unique tensors, aliases, ties, totals.
 
-    Modules built or loaded by modelspec also get block names and the spec's hash.
+    Modules built or loaded by modelspec also get block names and the spec's hash. A
+    model wrapped by ``torch.compile``, DDP or DataParallel is reported as the model
+    inside (its own names, without ``_orig_mod.`` or ``module.``).
     """
+    module = unwrap(module)
     return inventory(module, _INFO.get(module), progress=progress)
 
 
@@ -316,9 +321,10 @@ def _folder_spec(build_dir: Path) -> Resolved:
 def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSource | None = None) -> Path:
     """Write a build folder for ``module``'s current values (e.g. after training).
 
-    The spec comes from ``spec=``, else from the module's own build, else from
-    ``build_dir/spec.yaml``. The module must still have exactly the tensors and ties
-    its spec declares.
+    The spec comes from ``spec=``, else from the module's own build (kept through
+    ``copy.deepcopy`` and pickling), else from ``build_dir/spec.yaml``. A model wrapped by
+    ``torch.compile``, DDP or DataParallel is saved as the model inside. The module must
+    still have exactly the tensors and ties its spec declares.
 
     Raises:
         TieMismatchError: sharing, names or shapes no longer match the spec: ``tie-mismatch``
@@ -327,6 +333,7 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
             ``ties:`` entry to add), ``names-mismatch``, ``shape-mismatch``.
         BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
     """
+    module = unwrap(module)  # torch.compile / DDP: save the model inside, under its own names
     out = Path(build_dir)
     recover(out)
     info = _INFO.get(module)
@@ -498,9 +505,7 @@ def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = Tr
         >>> modelspec.retie(model).lm_head.weight is model.transformer.wte.weight
         True
     """
-    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper holds the model itself
-    if not isinstance(inner, nn.Module):
-        inner = model
+    inner = unwrap(model)  # torch.compile / DDP: the model inside holds the parameters
     if spec is not None:
         ties = compile_spec(spec).spec.ties
     else:
@@ -584,6 +589,7 @@ def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.M
         >>> model = modelspec.build("specs/zoo/gpt2.yaml", device="meta")
         >>> model = modelspec.materialize(model)  # the same weights as a direct build
     """
+    wrapper, model = model, unwrap(model)  # torch.compile / DDP: the model inside
     info = _INFO.get(model)
     if info is None:
         raise UsageError(
@@ -617,7 +623,7 @@ def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.M
             module._parameters[key] = source._parameters[key]  # the same objects: ties carry over
         for key in module._buffers:
             module._buffers[key] = source._buffers[key]
-    return model
+    return wrapper
 
 
 # ------------------------------------------------------------------ reports, diffs, gradients
@@ -713,6 +719,7 @@ def grads(module: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...] | None =
         (the batch or the pass does not fit in memory: checked before allocating),
         or the input does not fit the model.
     """
+    module = unwrap(module)  # the model inside, run eagerly: hooks see its own module names
     info = _INFO.get(module)
     if x is not None:
         return gradients(module, x, loss=loss, seed=seed, info=info)

@@ -20,8 +20,9 @@ Every error modelspec raises derives from :class:`ModelspecError`::
     │                       unsupported-dtype
     ├── ReportError         a report.json is malformed or contradicts itself; carries JSON paths
     │                       bad-report, file-error
-    └── TieMismatchError    a module's sharing no longer matches its spec (on save)
-                            tie-mismatch, names-mismatch, shape-mismatch
+    └── TieMismatchError    a module's sharing no longer matches its spec (on save), or a state
+                            dict does not fit a model's ties (load_state_dict)
+                            tie-mismatch, names-mismatch, shape-mismatch, aliases-disagree
 
 A :class:`Diagnostic` is one finding about a spec: a stable ``code`` (tests match on
 it, never on prose), the file/line/column, the path inside the spec (``model[2].use``),
@@ -198,7 +199,7 @@ class ReportError(ModelspecError):
 
 
 class TieMismatchError(ModelspecError):
-    """A module's parameter sharing no longer matches the spec it was built from."""
+    """A module's parameter sharing no longer matches its spec, or a state dict does not fit its ties."""
 
     default_code = "tie-mismatch"
 
