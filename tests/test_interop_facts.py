@@ -103,7 +103,7 @@ class _Pair(nn.Module):
 
 
 def test_torchinfo_counts_a_shared_module_more_than_once() -> None:
-    torchinfo = pytest.importorskip("torchinfo")  # optional: not a dependency of modelspec
+    torchinfo = pytest.importorskip("torchinfo")  # in the test extra only: not a dependency of modelspec
     models = modelspec.build(ROOT / "specs" / "d2l" / "shared_mlp.yaml")
     pair = _Pair(models["mlp1"], models["mlp2"])
     summary = torchinfo.summary(pair, input_data=torch.zeros(2, 20), verbose=0)
