@@ -103,11 +103,13 @@ def _encode_value(value: Any) -> Any:
         return value
     if type(value) in (list, tuple):
         return {type(value).__name__: [_encode_value(v) for v in value]}
-    return {"object": repr(value)}  # a function, a tensor...: only its being no plain data matters
+    # a function, a tensor...: only its being no plain data matters; named without an address
+    named = value if callable(value) and hasattr(value, "__qualname__") else type(value)
+    return {"object": f"{getattr(named, '__module__', '?')}.{named.__qualname__}"}
 
 
 class _Opaque:
-    """A default that is not plain data (a function, an object), by its repr."""
+    """A default that is not plain data (a function, an object), by its name."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -153,24 +155,34 @@ def _decode_param(data: dict[str, Any]) -> Param:
 
 # ---------------------------------------------------------------- the description
 class Description:
-    """A layer table read from JSON: entries are decoded when first asked for."""
+    """A layer table read from JSON. Every entry is decoded up front: data that does not
+    decode is no description (and a KeyError or TypeError here, never during a check)."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self._layers: Mapping[str, dict[str, Any]] = data["layers"]
-        self.names: list[str] = sorted(self._layers)
+        self._entries: dict[str, LayerType] = {name: _decode_layer(name, d) for name, d in data["layers"].items()}
+        self.names: list[str] = sorted(self._entries)
         self.reserved: dict[str, frozenset[str]] = {c: frozenset(data["reserved"][c]) for c in CONTAINERS}
-        self._entries: dict[str, LayerType] = {}
+        for names in self.reserved.values():
+            if not all(isinstance(n, str) for n in names):
+                raise TypeError("reserved names must be strings")
 
     def layer(self, name: str) -> LayerType | None:
-        entry = self._entries.get(name)
-        if entry is None:
-            data = self._layers.get(name)
-            if data is None:
-                return None
-            inputs = None if data["inputs"] is None else tuple(tuple(i) for i in data["inputs"])
-            params = tuple(_decode_param(p) for p in data["params"])
-            entry = self._entries[name] = LayerType(name, data["qualname"], params, inputs, data["doc"])  # type: ignore[arg-type]
-        return entry
+        return self._entries.get(name)
+
+
+def _decode_layer(name: str, data: Mapping[str, Any]) -> LayerType:
+    inputs = None if data["inputs"] is None else tuple((str(n), str(k), bool(d)) for n, k, d in data["inputs"])
+    for _, kind, _ in inputs or ():
+        if kind not in _KINDS:
+            raise ValueError(f"not a kind of parameter: {kind!r}")
+    params = tuple(_decode_param(p) for p in data["params"])
+    if not isinstance(data["qualname"], str) or not isinstance(data["doc"], str):
+        raise TypeError("qualname and doc are strings")
+    return LayerType(name, data["qualname"], params, inputs, data["doc"])
+
+
+#: the names of inspect.Parameter's kinds, as LayerType.inputs holds them
+_KINDS = frozenset(("POSITIONAL_ONLY", "POSITIONAL_OR_KEYWORD", "VAR_POSITIONAL", "KEYWORD_ONLY", "VAR_KEYWORD"))
 
 
 def key() -> dict[str, Any] | None:
