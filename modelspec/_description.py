@@ -260,20 +260,23 @@ def _store(path: Path, text: str) -> None:
         pass
 
 
-_current: tuple[tuple[str, ...], Description | None] | None = None
+_UNSET = object()
+_current: Any = _UNSET  # this process's description once found (None: read the classes)
 
 
 def current() -> Description | None:
     """This process's description: shipped, cached, or made now (importing torch) and cached.
-    None: the table must be read from the classes (see the module's docstring)."""
+    None: the table must be read from the classes (see the module's docstring). Looked for
+    once per process (the environment is read then)."""
     global _current
-    where = (os.environ.get("MODELSPEC_CACHE_DIR", ""), os.environ.get("XDG_CACHE_HOME", ""))
-    if _current is None or _current[0] != where:
-        _current = (where, _find())
-    return _current[1]
+    if _current is _UNSET:
+        _current = _find()
+    return _current  # type: ignore[no-any-return]
 
 
 def _find() -> Description | None:
+    if os.environ.get("MODELSPEC_NO_CACHE") == "1":
+        return None
     k = key()
     if k is None:
         return None

@@ -38,7 +38,6 @@ import collections.abc
 import functools
 import inspect
 import json
-import os
 import re
 import types
 import typing
@@ -486,7 +485,7 @@ def register_layer(cls: M | None = None, *, name: str | None = None) -> M | Call
 def _described() -> Description | None:
     """The table's description, when it describes this table: not once ``register_layer``
     (or ``--plugin``) added layers, nor with ``MODELSPEC_NO_CACHE=1``. None: read the classes."""
-    if _registered or os.environ.get("MODELSPEC_NO_CACHE") == "1":
+    if _registered:
         return None
     from . import _description
 

@@ -40,9 +40,9 @@ def fresh(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     monkeypatch.setattr(_description, "SHIPPED", tmp_path / "none.json")
     monkeypatch.setenv("MODELSPEC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("MODELSPEC_NO_CACHE", raising=False)
-    monkeypatch.setattr(_description, "_current", None)
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     yield tmp_path / "cache"
-    monkeypatch.setattr(_description, "_current", None)
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
 
 
 # ---------------------------------------------------------------- no torch
@@ -121,9 +121,11 @@ def _diagnostics(spec: Path) -> list[dict[str, object]] | str:
 @pytest.mark.parametrize("spec", [*CORPUS, *SPECS], ids=lambda p: p.name)
 def test_same_diagnostics_with_and_without_the_description(spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODELSPEC_NO_CACHE", raising=False)
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     assert registry._described() is not None  # the shipped description is used
     described = _diagnostics(spec)
     monkeypatch.setenv("MODELSPEC_NO_CACHE", "1")
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     assert registry._described() is None  # torch's classes are read
     assert _diagnostics(spec) == described
 
@@ -163,7 +165,7 @@ def test_first_run_writes_the_cache_and_the_next_reads_it(fresh: Path, monkeypat
     assert made is not None
     files = list(fresh.glob("layers-*.json"))
     assert len(files) == 1 and not list(fresh.glob(".layers-*"))  # written whole, no temporary left
-    monkeypatch.setattr(_description, "_current", None)
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     monkeypatch.setattr(_description, "describe", _must_not_run)
     again = _description.current()
     assert again is not None and again.names == made.names
@@ -192,7 +194,7 @@ def test_a_corrupt_or_stale_cache_falls_back_and_is_rewritten(
     (path,) = fresh.glob("layers-*.json")
     text = path.read_text()
     path.write_text(damage(text))
-    monkeypatch.setattr(_description, "_current", None)
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     again = _description.current()
     assert again is not None and again.names == good.names
     assert again.layer("Linear") == good.layer("Linear")
@@ -210,6 +212,7 @@ def test_an_unwritable_cache_is_no_error(fresh: Path, tmp_path: Path, monkeypatc
 
 def test_no_cache_reads_the_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELSPEC_NO_CACHE", "1")
+    monkeypatch.setattr(_description, "_current", _description._UNSET)
     assert registry._described() is None
     assert registry.get_layer("Linear") is not None and "Linear" in registry.layer_names()
 
