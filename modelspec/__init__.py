@@ -18,7 +18,7 @@ from ._version import __version__
 _WHERE = {
     "build": "_api",
     "build_info": "_api",
-    "compile_spec": "_api",
+    "compile_spec": "_validate",
     "diff": "_api",
     "grads": "_api",
     "load": "_api",
@@ -29,7 +29,7 @@ _WHERE = {
     "report": "_api",
     "retie": "_api",
     "save": "_api",
-    "validate": "_api",
+    "validate": "_validate",
     "write_build": "_api",
     "BuildInfo": "_build",
     "BuildDirError": "_errors",
@@ -94,7 +94,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
     from ._api import (
         build,
         build_info,
-        compile_spec,
         diff,
         grads,
         load,
@@ -102,7 +101,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         report,
         retie,
         save,
-        validate,
         write_build,
     )
     from ._build import BuildInfo
@@ -120,3 +118,4 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
     from ._interop import load_state_dict, parameters, state_dict
     from ._inventory import Report
     from ._registry import register_layer
+    from ._validate import compile_spec, validate

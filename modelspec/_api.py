@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,9 @@ from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
-from ._source import load_text, read_file
-from ._spec import Spec, parse
+from ._spec import Spec
 from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
+from ._validate import Overrides, SpecSource, compile_spec, validate
 from ._wrap import INFO as _INFO
 from ._wrap import unwrap
 from ._yaml_scalars import dump as dump_yaml
@@ -58,54 +58,12 @@ __all__ = [
     "write_build",
 ]
 
-SpecSource = str | os.PathLike[str]
 #: ``progress(done_bytes, total_bytes)``, called while checksums and statistics run.
 Progress = Callable[[int, int], None]
 SPEC_FILE = "spec.yaml"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-
-
-def _read(source: SpecSource) -> tuple[str, str]:
-    """(text, file name) of a spec given as a path or as YAML text."""
-    # YAML text of a spec has a newline or at least a 'key:'; a one-line string without
-    # a colon can only be meant as a path (and gets "cannot read" if it is not one).
-    is_path = isinstance(source, os.PathLike) or (
-        "\n" not in source and (":" not in source or source.endswith((".yaml", ".yml")) or Path(source).is_file())
-    )
-    if not is_path:
-        return str(source), "<spec>"
-    path = Path(source)
-    return read_file(path), str(path)  # at most MAX_BYTES, UTF-8, else a SpecError
-
-
-Overrides = Mapping[str, Any]
-
-
-def compile_spec(source: SpecSource, *, overrides: Overrides | None = None) -> Resolved:
-    """Load, validate and resolve a spec (a path or YAML text) without building it.
-
-    ``overrides`` replace values of the spec's ``vars`` (as ``--set NAME=VALUE`` does).
-
-    Raises:
-        SpecError: listing every problem, each with file:line:col and a path in the spec.
-    """
-    text, file = _read(source)
-    return resolve(parse(load_text(text, file), dict(overrides) if overrides else None))
-
-
-def validate(source: SpecSource, *, overrides: Overrides | None = None) -> list[Diagnostic]:
-    """Check a spec; return its warnings (e.g. unused blocks). Raises SpecError.
-
-    Parameter ties name parameters of the built model, so a spec with ``ties:`` (or with
-    ``trainable:``, which must agree across a shared tensor, or ``init:`` rules, whose
-    selectors name parameters) is also built on ``meta`` (shapes only, nothing allocated)
-    to check each tie's names, shapes and dtypes."""
-    resolved = compile_spec(source, overrides=overrides)
-    if resolved.spec.ties or resolved.spec.freezes or resolved.spec.init:
-        build_module(resolved, device="meta")
-    return list(resolved.spec.warnings)
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -45,8 +45,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pydantic
-import torch.fx as fx
-import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import _registry as registry
@@ -54,6 +52,8 @@ from ._errors import Collector, SpecPath, closest, did_you_mean
 from ._ops import OPS, OpType
 
 if TYPE_CHECKING:
+    import torch.nn as nn
+
     from ._build import _Builder as Builder
 
 __all__ = [
@@ -95,9 +95,27 @@ KEYWORDS = ("repeat", "trainable")
 REPEAT_KEYS = ("repeat", "of", "groups", "trainable")
 #: Most copies a ``repeat`` makes: a guard against a typo building for hours.
 MAX_REPEAT = 10_000
-RESERVED_CHILD_NAMES = frozenset(dir(nn.Sequential())) | {"use", "in", *GRAPH_KEYS, *KEYWORDS}
-RESERVED_GRAPH_NAMES = frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph()))) | {"in"}
-RESERVED_CONTAINER_NAMES = frozenset(dir(nn.ModuleDict()))
+_RESERVED_NAMES = {  # name -> (container, names of modelspec's own); torch's read when first used
+    "RESERVED_CHILD_NAMES": ("Sequential", frozenset({"use", "in", *GRAPH_KEYS, *KEYWORDS})),
+    "RESERVED_GRAPH_NAMES": ("GraphModule", frozenset({"in"})),
+    "RESERVED_CONTAINER_NAMES": ("ModuleDict", frozenset()),
+}
+
+
+def _reserved_names(name: str) -> frozenset[str]:
+    """``RESERVED_CHILD_NAMES``, ``RESERVED_GRAPH_NAMES``, ``RESERVED_CONTAINER_NAMES``: the
+    attribute names of nn.Sequential / fx.GraphModule / nn.ModuleDict (and modelspec's own
+    keys), from the layer table's description when there is one, so without importing torch."""
+    container, own = _RESERVED_NAMES[name]
+    return registry.reserved_names(container) | own
+
+
+def __getattr__(name: str) -> frozenset[str]:  # the names above, as module attributes
+    if name not in _RESERVED_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _reserved_names(name)
+
+
 #: Keywords of later format versions -> what they will do, and what to write today.
 RESERVED: dict[str, tuple[str, str]] = {
     "init": (
@@ -213,6 +231,8 @@ class Seq:
         yield from self.items
 
     def build(self, b: Builder) -> nn.Module:
+        import torch.nn as nn
+
         return nn.Sequential(*(b.node(n) for n in self.items))
 
 
@@ -234,6 +254,8 @@ class Children:
         yield from (child for _, child in self.children)
 
     def build(self, b: Builder) -> nn.Module:
+        import torch.nn as nn
+
         return nn.Sequential(OrderedDict((k, b.node(v)) for k, v in self.children))
 
 
@@ -429,6 +451,8 @@ class Repeat:
         return self.groups if self.groups is not None else (1,) * self.count
 
     def build(self, b: Builder) -> nn.Module:
+        import torch.nn as nn
+
         items: list[nn.Module] = []
         for size in self.sizes():
             module = b.node(self.body)  # a use returns its one block; anything else is built anew
@@ -595,7 +619,7 @@ class NodeParser:
             return self.layer(types[0], raw[types[0]], path, (*path, types[0]))
         children = []
         for name, value in raw.items():
-            if name in RESERVED_CHILD_NAMES:
+            if name in _reserved_names("RESERVED_CHILD_NAMES"):
                 self.errors.add(
                     "bad-name",
                     f"'{name}' cannot name a child: nn.Sequential, which holds the children, has an attribute '{name}'",
@@ -945,7 +969,7 @@ class NodeParser:
                 hint="node names are lower-case identifiers, e.g. 'conv1'; dotted names like 'transformer.wte' "
                 "nest a layer in a container",
             )
-        elif is_module and name.split(".")[0] in RESERVED_GRAPH_NAMES:
+        elif is_module and name.split(".")[0] in _reserved_names("RESERVED_GRAPH_NAMES"):
             first = name.split(".")[0]
             self.errors.add(
                 "bad-name",
@@ -953,7 +977,7 @@ class NodeParser:
                 path,
                 hint=f"choose another name, e.g. '{first.strip('_')}_layer'",
             )
-        elif is_module and any(part in RESERVED_CONTAINER_NAMES for part in name.split(".")[1:]):
+        elif is_module and any(part in _reserved_names("RESERVED_CONTAINER_NAMES") for part in name.split(".")[1:]):
             self.errors.add("bad-name", f"'{name}': the container nn.ModuleDict has an attribute of that name", path,
                             hint="choose another name")  # fmt: skip
         args: list[Ref] = []
@@ -1182,7 +1206,7 @@ def schema_defs() -> dict[str, Any]:
         "properties": {"trainable": trainable},
         "patternProperties": {"^(?!trainable$)" + CHILD.pattern[1:]: {"$ref": "#/$defs/Node"}},
         "additionalProperties": False,
-        "propertyNames": {"not": {"enum": _taken(RESERVED_CHILD_NAMES - {"trainable"}, "^[a-z_]")}},
+        "propertyNames": {"not": {"enum": _taken(_reserved_names("RESERVED_CHILD_NAMES") - {"trainable"}, "^[a-z_]")}},
     }
     ref = {"type": "string", "pattern": _REF.pattern, "description": "a node, input, param or buffer name; "
            "name[i] picks item i of a tuple"}  # fmt: skip
@@ -1248,7 +1272,7 @@ def schema_defs() -> dict[str, Any]:
                 "minProperties": 1,
                 "description": "name -> layer or op, in order; each reads the previous one unless it says 'in:'",
                 "propertyNames": {"pattern": DOTTED_NAME.pattern, "not": {"enum": sorted(
-                    n for n in RESERVED_GRAPH_NAMES if NODE_NAME.match(n))}},
+                    n for n in _reserved_names("RESERVED_GRAPH_NAMES") if NODE_NAME.match(n))}},
                 "additionalProperties": {"$ref": "#/$defs/GraphEntry"},
             },
             "outputs": {

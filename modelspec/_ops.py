@@ -18,20 +18,20 @@ calls the torch function or tensor method directly (``add = bn2 + x``,
 from __future__ import annotations
 
 import functools
+import importlib
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
-import torch.fx as fx
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._registry import Param, arguments_schema
 
+if TYPE_CHECKING:
+    import torch.fx as fx
+
 __all__ = ["OPS", "OpType", "op_names"]
 
-_Emit = Callable[[fx.Graph, tuple[Any, ...], dict[str, Any]], fx.Node]
+_Emit = Callable[["fx.Graph", tuple[Any, ...], dict[str, Any]], "fx.Node"]
 _DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 
@@ -77,11 +77,22 @@ def _p(
     return Param(name, required, None if required else default, annotation)
 
 
-def _function(fn: Callable[..., Any], keywords: tuple[str, ...] = ()) -> _Emit:
-    """``fn(*inputs, **arguments)``; arguments named in ``keywords`` go by keyword."""
+@functools.cache
+def _torch(where: str) -> Any:
+    """``"torch.nn.functional.gelu"`` -> the function. The table names torch's functions by
+    where they live, so that reading it (to validate a spec) does not import torch; only
+    emitting a graph does."""
+    module, _, name = where.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _function(fn: Callable[..., Any] | str, keywords: tuple[str, ...] = ()) -> _Emit:
+    """``fn(*inputs, **arguments)`` (``fn`` a function, or where torch keeps it); arguments
+    named in ``keywords`` go by keyword."""
 
     def emit(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
-        return g.call_function(fn, inputs, {k: v for k, v in args.items() if k in keywords or not keywords})
+        target = _torch(fn) if isinstance(fn, str) else fn
+        return g.call_function(target, inputs, {k: v for k, v in args.items() if k in keywords or not keywords})
 
     return emit
 
@@ -111,11 +122,11 @@ def _method(name: str, positional: tuple[str, ...] = (), star: str | None = None
     return emit
 
 
-def _sequence(fn: Callable[..., Any]) -> _Emit:
+def _sequence(fn: str) -> _Emit:
     """``torch.cat([a, b], dim=1)``: the inputs as one list."""
 
     def emit(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
-        return g.call_function(fn, (list(inputs),), args)
+        return g.call_function(_torch(fn), (list(inputs),), args)
 
     return emit
 
@@ -126,17 +137,19 @@ def _size(g: fx.Graph, x: fx.Node, dim: int) -> tuple[fx.Node, fx.Node]:
 
 def _arange(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
     size, device = _size(g, inputs[0], args.get("dim", 1))
-    return g.call_function(torch.arange, (size,), {"device": device})
+    return g.call_function(_torch("torch.arange"), (size,), {"device": device})
 
 
 def _causal_mask(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
     size, device = _size(g, inputs[0], args.get("dim", 1))
+    import torch
+
     ones = g.call_function(torch.ones, (size, size), {"dtype": torch.bool, "device": device})
     return g.call_method("tril", (ones,))
 
 
 def _to(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
-    return g.call_method("to", (inputs[0],), {"dtype": getattr(torch, args["dtype"])})
+    return g.call_method("to", (inputs[0],), {"dtype": _torch(f"torch.{args['dtype']}")})
 
 
 def _attention(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
@@ -146,7 +159,7 @@ def _attention(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx
         kw["attn_mask"] = mask[0]
     if kw.get("dropout_p"):  # as nn.MultiheadAttention does: dropout only while training
         kw["dropout_p"] = g.call_function(operator.mul, (kw["dropout_p"], g.get_attr("training")))
-    return g.call_function(F.scaled_dot_product_attention, (q, k, v), kw)
+    return g.call_function(_torch("torch.nn.functional.scaled_dot_product_attention"), (q, k, v), kw)
 
 
 def _select(g: fx.Graph, inputs: tuple[Any, ...], args: dict[str, Any]) -> fx.Node:
@@ -176,21 +189,23 @@ def _ops() -> dict[str, OpType]:
         OpType("div", "a / b", (), two, ab, _chain(operator.truediv)),
         OpType("matmul", "a @ b", (), two, ab, _chain(operator.matmul)),
         OpType("neg", "-x", (), one, x, _function(operator.neg)),
-        OpType("abs", "torch.abs(x)", (), one, x, _function(torch.abs)),
-        OpType("exp", "torch.exp(x)", (), one, x, _function(torch.exp)),
-        OpType("relu", "torch.relu(x)", (), one, x, _function(torch.relu)),
-        OpType("sigmoid", "torch.sigmoid(x)", (), one, x, _function(torch.sigmoid)),
-        OpType("tanh", "torch.tanh(x)", (), one, x, _function(torch.tanh)),
+        OpType("abs", "torch.abs(x)", (), one, x, _function("torch.abs")),
+        OpType("exp", "torch.exp(x)", (), one, x, _function("torch.exp")),
+        OpType("relu", "torch.relu(x)", (), one, x, _function("torch.relu")),
+        OpType("sigmoid", "torch.sigmoid(x)", (), one, x, _function("torch.sigmoid")),
+        OpType("tanh", "torch.tanh(x)", (), one, x, _function("torch.tanh")),
         OpType(
             "gelu",
             "F.gelu(x, approximate=...)",
             (_p("approximate", Literal["none", "tanh"], "none"),),
             one,
             x,
-            _function(F.gelu, ("approximate",)),
+            _function("torch.nn.functional.gelu", ("approximate",)),
         ),
-        OpType("cat", "torch.cat([a, b, ...], dim)", (_p("dim", _Int, 0),), (2, None), ab, _sequence(torch.cat)),
-        OpType("stack", "torch.stack([a, b, ...], dim)", (_p("dim", _Int, 0),), (2, None), ab, _sequence(torch.stack)),
+        OpType("cat", "torch.cat([a, b, ...], dim)", (_p("dim", _Int, 0),), (2, None), ab, _sequence("torch.cat")),
+        OpType(
+            "stack", "torch.stack([a, b, ...], dim)", (_p("dim", _Int, 0),), (2, None), ab, _sequence("torch.stack")
+        ),
         OpType(
             "split",
             "x.split(split_size, dim): a tuple, pick items with name[i]",
@@ -312,7 +327,7 @@ def _ops() -> dict[str, OpType]:
             (_p("p", float, 2.0),),
             two,
             ab,
-            _function(F.pairwise_distance),
+            _function("torch.nn.functional.pairwise_distance"),
         ),
         OpType(
             "cosine_similarity",
@@ -320,7 +335,7 @@ def _ops() -> dict[str, OpType]:
             (_p("dim", _Int, 1),),
             two,
             ab,
-            _function(F.cosine_similarity),
+            _function("torch.nn.functional.cosine_similarity"),
         ),
     ]
     return {op.name: op for op in table}

@@ -25,6 +25,11 @@ and those the user's own code adds (:func:`register_layer`, ``--plugin MODULE``,
 points of installed packages: see :mod:`modelspec._plugins`). They are introspected and
 checked exactly like ``torch.nn`` classes. Their names may not shadow a ``torch.nn``
 name or a shipped layer, so a spec that names ``Linear`` always means ``nn.Linear``.
+
+Reading the table does not import torch when a description of it is at hand
+(:mod:`modelspec._description`: the entries below written as JSON, shipped for the pinned
+torch and cached per torch version): validating a spec then costs no ``import torch``. The
+entries are the same either way; only :attr:`LayerType.cls` and building import torch.
 """
 
 from __future__ import annotations
@@ -38,14 +43,17 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import pydantic
-import torch
-import torch.nn as nn
 
 from . import _plugins
 from ._errors import ModelspecError, UsageError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from ._description import Description
 
 __all__ = [
     "UNKNOWN_LAYER_HINT",
@@ -55,6 +63,7 @@ __all__ = [
     "get_layer",
     "layer_names",
     "register_layer",
+    "reserved_names",
 ]
 
 #: Public nn classes that are not layers a spec names directly.
@@ -156,31 +165,51 @@ class Param:
         return schema
 
 
+#: One input of a layer's ``forward`` (after ``self``): name, ``inspect.Parameter`` kind
+#: name (``"POSITIONAL_OR_KEYWORD"``), whether it has a default.
+Input = tuple[str, str, bool]
+
+
 @dataclass(frozen=True)
 class LayerType:
-    """A layer class a spec can name, with the parameters its constructor takes."""
+    """A layer class a spec can name, with the parameters its constructor takes.
+
+    ``inputs`` are its ``forward``'s parameters (None: not inspectable), ``doc`` the first
+    paragraph of its docstring. Everything but :attr:`cls` is plain data, so an entry can
+    come from the class or from the table's description without importing torch.
+    """
 
     name: str
-    cls: type[nn.Module]
+    qualname: str  # where the class lives: torch.nn.Linear, modelspec.layers.CausalSelfAttention
     params: tuple[Param, ...]
+    inputs: tuple[Input, ...] | None
+    doc: str
+
+    @property
+    def cls(self) -> type[nn.Module]:
+        """The class itself (imports torch)."""
+        return _table()[self.name]
 
     @property
     def param_names(self) -> list[str]:
         return [p.name for p in self.params]
 
-    @property
-    def qualname(self) -> str:
-        """Where the class lives: ``torch.nn.Linear``, ``modelspec.layers.CausalSelfAttention``."""
-        if getattr(nn, self.name, None) is self.cls:
-            return f"torch.nn.{self.name}"
-        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+    def forward_signature(self) -> inspect.Signature | None:
+        """The inputs its ``forward`` takes, without ``self`` (None if Python cannot tell)."""
+        if self.inputs is None:
+            return None
+        return inspect.Signature(
+            [
+                inspect.Parameter(name, getattr(inspect.Parameter, kind), **({"default": None} if has_default else {}))
+                for name, kind, has_default in self.inputs
+            ]
+        )
 
     def json_schema(self) -> dict[str, Any]:
         """Schema of the value under the layer's key: null, a list or a mapping."""
-        doc = (inspect.getdoc(self.cls) or "").split("\n\n")[0].replace("\n", " ")
         if not self.params:
-            return {"type": "null", "description": f"{self.qualname}: {doc}"}
-        description = f"{self.qualname}({', '.join(self.param_names)}): {doc}"
+            return {"type": "null", "description": f"{self.qualname}: {self.doc}"}
+        description = f"{self.qualname}({', '.join(self.param_names)}): {self.doc}"
         return arguments_schema(self.params, description, ["number", "string", "boolean"])
 
 
@@ -236,9 +265,13 @@ def _constructor(cls: type[nn.Module]) -> Any:
 
 
 def _make(name: str, cls: type[nn.Module]) -> LayerType:
+    import torch.nn as nn
+
+    qualname = f"torch.nn.{name}" if getattr(nn, name, None) is cls else f"{cls.__module__}.{cls.__qualname__}"
+    doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
     init = _constructor(cls)
     if init is None:
-        return LayerType(name, cls, ())
+        return LayerType(name, qualname, (), _inputs(cls), doc)
     try:
         hints = typing.get_type_hints(init)
     except Exception:  # noqa: BLE001 - torch's own annotations may not resolve
@@ -251,7 +284,15 @@ def _make(name: str, cls: type[nn.Module]) -> LayerType:
         default = None if required else p.default
         annotation, opaque = _plain_type(name, p.name, hints.get(p.name, Any), required, default)
         params.append(Param(p.name, required, default, annotation, opaque))
-    return LayerType(name, cls, tuple(params))
+    return LayerType(name, qualname, tuple(params), _inputs(cls), doc)
+
+
+def _inputs(cls: type[nn.Module]) -> tuple[Input, ...] | None:
+    try:
+        signature = inspect.signature(cls.forward)
+    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
+        return None
+    return tuple((p.name, p.kind.name, p.default is not p.empty) for p in list(signature.parameters.values())[1:])
 
 
 def _plain_type(layer: str, param: str, annotation: Any, required: bool, default: Any) -> tuple[Any, str | None]:
@@ -283,6 +324,8 @@ def _mentions_any(annotation: Any) -> bool:
 
 def _split(annotation: Any) -> tuple[list[Any], list[str]]:
     """Split an annotation into plain-data members and descriptions of the others."""
+    import torch
+
     if annotation is torch.Size:
         return [tuple[int, ...]], []
     if annotation in _SCALARS:
@@ -314,6 +357,9 @@ def _split(annotation: Any) -> tuple[list[Any], list[str]]:
 
 def _what(annotation: Any) -> str:
     """A reader's word for a non-plain annotation."""
+    import torch
+    import torch.nn as nn
+
     origin = typing.get_origin(annotation) or annotation
     if inspect.isclass(origin) and issubclass(origin, nn.Module):
         return "a module"
@@ -327,6 +373,8 @@ def _what(annotation: Any) -> str:
 @functools.cache
 def _builtin() -> Mapping[str, type[nn.Module]]:
     """The layers every spec may name: torch.nn's, then the ones modelspec ships."""
+    import torch.nn as nn
+
     from . import layers  # imports torch.nn.functional only: kept out of modelspec's import
 
     table = {}
@@ -370,7 +418,7 @@ def _table() -> Mapping[str, type[nn.Module]]:
     return {**_builtin(), **_registered}
 
 
-M = TypeVar("M", bound=type[nn.Module])
+M = TypeVar("M", bound="type[nn.Module]")
 
 
 @overload
@@ -404,6 +452,8 @@ def register_layer(cls: M | None = None, *, name: str | None = None) -> M | Call
     """
     if cls is None:
         return lambda c: register_layer(c, name=name)
+    import torch.nn as nn
+
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise UsageError(f"register_layer takes an nn.Module subclass, got {cls!r}", code="not-a-layer")
     name = cls.__name__ if name is None else name
@@ -432,15 +482,58 @@ def register_layer(cls: M | None = None, *, name: str | None = None) -> M | Call
     return cls
 
 
+def _described() -> Description | None:
+    """The table's description, when it describes this table: not once ``register_layer``
+    (or ``--plugin``) added layers, nor with ``MODELSPEC_NO_CACHE=1``. None: read the classes."""
+    if _registered:
+        return None
+    from . import _description
+
+    return _description.current()
+
+
 def layer_names() -> list[str]:
     """Every layer type name a spec may use, sorted."""
-    return sorted(_table())
+    described = _described()
+    return described.names if described is not None else sorted(_table())
 
 
 def get_layer(name: str) -> LayerType | None:
     """The registry entry for ``name``, or None if it is not a known layer type."""
+    described = _described()
+    if described is not None:
+        return described.layer(name)
     cls = _table().get(name)
     return None if cls is None else _entry(name, cls)
+
+
+#: What :func:`reserved_names` can be asked about: the containers a build makes.
+CONTAINERS = ("Sequential", "ModuleDict", "GraphModule")
+
+
+def reserved_names(container: str) -> frozenset[str]:
+    """The attribute names of an empty ``nn.Sequential``, ``nn.ModuleDict`` or
+    ``fx.GraphModule`` (one of :data:`CONTAINERS`): no child, model or graph node may take one."""
+    described = _described()
+    return described.reserved[container] if described is not None else live_reserved_names()[container]
+
+
+@functools.cache
+def live_reserved_names() -> dict[str, frozenset[str]]:
+    """:func:`reserved_names` read from torch's classes."""
+    import torch.fx as fx
+    import torch.nn as nn
+
+    return {
+        "Sequential": frozenset(dir(nn.Sequential())),
+        "ModuleDict": frozenset(dir(nn.ModuleDict())),
+        "GraphModule": frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph()))),
+    }
+
+
+def live_entries() -> dict[str, LayerType]:
+    """Every entry, read from the classes (imports torch): what the description holds."""
+    return {name: _entry(name, cls) for name, cls in sorted(_table().items())}
 
 
 @functools.cache

@@ -101,11 +101,7 @@ def _forward(node: Node | Op, blocks: dict[str, Node]) -> inspect.Signature | No
     entry = registry.get_layer(node.type) if isinstance(node, Layer) else None
     if entry is None:
         return None
-    try:
-        signature = inspect.signature(entry.cls.forward)
-    except (TypeError, ValueError):  # pragma: no cover - a forward Python cannot inspect
-        return None
-    return signature.replace(parameters=list(signature.parameters.values())[1:])
+    return entry.forward_signature()
 
 
 def _check_inputs(node: GraphNode, blocks: dict[str, Node], errors: Collector) -> None:

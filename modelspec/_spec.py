@@ -21,14 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 import pydantic
-import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from . import _nodes
+from . import _registry as registry
 from ._errors import Collector, Diagnostic, SpecPath, did_you_mean
 from ._init import InitRule, Rule, parse_rules
 from ._nodes import (
     RESERVED,
-    RESERVED_CHILD_NAMES,
     Children,
     Graph,
     InputSpec,
@@ -48,8 +48,6 @@ from ._vars import substitute
 __all__ = [
     "FORMAT_VERSION",
     "RESERVED",
-    "RESERVED_CHILD_NAMES",
-    "RESERVED_MODEL_NAMES",
     "Children",
     "Graph",
     "InputSpec",
@@ -66,7 +64,18 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-RESERVED_MODEL_NAMES = frozenset(dir(nn.ModuleDict()))
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    """``RESERVED_MODEL_NAMES`` (nn.ModuleDict's attributes: no model may take one) and
+    ``RESERVED_CHILD_NAMES``, read when first used: from the layer table's description, not torch."""
+    if name == "RESERVED_MODEL_NAMES":
+        return registry.reserved_names("ModuleDict")
+    if name == "RESERVED_CHILD_NAMES":
+        return _nodes.RESERVED_CHILD_NAMES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Nodes are parsed by NodeParser, not pydantic; the schema module swaps this marker
 # for a reference to the node grammar it generates from the registry.
 NODE_MARKER = "x-modelspec-node"
@@ -259,7 +268,9 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
         for name in known["models"]:
             if name in RESERVED:
                 reserved(errors, name, ("models", name), as_name=True)
-            elif name in RESERVED_MODEL_NAMES and re.match(_NAME, name):  # other bad names: pydantic said so
+            elif name in registry.reserved_names("ModuleDict") and re.match(
+                _NAME, name
+            ):  # other bad names: pydantic said so
                 errors.add(
                     "bad-name",
                     f"'{name}' cannot name a model: nn.ModuleDict, which holds the models, has an attribute '{name}'",

@@ -3,6 +3,9 @@
 Exit codes: 0 ok, 1 differences found (``diff``, ``schema --check``), 2 bad input (the
 message on stderr says where and why, with a stable code; nothing is written), 70 an
 internal error (a bug in modelspec: the message says so and asks for a report).
+
+Each command imports what it needs when it runs: ``validate`` (and ``--help``) import
+neither torch nor safetensors, so they start in a fraction of ``import torch``'s time.
 """
 
 from __future__ import annotations
@@ -15,29 +18,26 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-import safetensors
-import safetensors.torch
-import torch
-
-from . import _api as api
-from ._diff import KINDS, render_diff_json, render_diff_md, render_diff_text
 from ._errors import BuildDirError, Diagnostic, ModelspecError, SpecError, UsageError
-from ._grads import render_grads_text
-from ._graph import to_dot, to_mermaid, to_svg
-from ._html import render_html
-from ._outfile import check_output_file, write_output_file
-from ._report import render_csv, render_json, render_md, render_text, summary_line
-from ._schema import SCHEMA_FILES, render_schemas, write_schemas
+from ._plugins import import_plugins
+from ._validate import validate
 from ._vars import parse_override
 from ._version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_DIFF, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 70
 FORMATS = ("text", "json", "md")
 FORCE_HELP = "replace FILE even if modelspec did not write it (never an input of the command)"
+#: _diff.KINDS and _schema.SCHEMA_FILES (a test checks it), written here so that building
+#: the parser imports neither of those modules, which import torch
+KINDS = ("added", "removed", "renamed", "shape", "dtype", "tie", "value", "trainable")
+SCHEMA_FILES = ("modelspec.schema.json", "report.schema.json")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -280,6 +280,9 @@ def _print_diagnostics(diags: Sequence[Diagnostic], stderr: TextIO) -> None:
 
 
 def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _api as api
+    from ._report import render_md, summary_line
+
     spec_path = Path(args.spec)
     target = Path(args.out) if args.out else Path("build") / spec_path.stem
     result = api.write_build(
@@ -313,7 +316,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        warnings = api.validate(Path(args.spec), overrides=_overrides(args))
+        warnings = validate(Path(args.spec), overrides=_overrides(args))
     except SpecError as e:
         if args.format == "json":
             out.write(json.dumps({"valid": False, "errors": [d.to_dict() for d in e.diagnostics]}, indent=2) + "\n")
@@ -327,6 +330,8 @@ def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._schema import render_schemas, write_schemas
+
     texts = render_schemas()
     if args.check:
         if not Path(args.check).is_dir():
@@ -352,16 +357,24 @@ def _emit(text: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> None
     if args.out is None:
         out.write(text)
     else:
+        from ._outfile import write_output_file
+
         print(f"wrote {write_output_file(args.out, text, inputs=[Path(args.target)], force=args.force)}", file=err)
 
 
 def _check_out(args: argparse.Namespace) -> None:
     """Refuse an ``-o FILE`` that is in the way before any work is done."""
     if args.out is not None:
+        from ._outfile import check_output_file
+
         check_output_file(args.out, inputs=[Path(args.target)], force=args.force)
 
 
 def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _api as api
+    from ._html import render_html
+    from ._report import render_csv, render_json, render_md, render_text
+
     _check_out(args)
     target = api.open_target(
         args.target, device=args.device, progress=_ProgressBar(err, "checksums"), overrides=_overrides(args)
@@ -388,6 +401,9 @@ def _cmd_report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _api as api
+    from ._diff import render_diff_json, render_diff_md, render_diff_text
+
     result = api.diff(args.a, args.b, structure_only=args.structure_only)
     render = {"text": render_diff_text, "md": render_diff_md, "json": render_diff_json}[args.format]
     out.write(render(result))
@@ -395,6 +411,9 @@ def _cmd_diff(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _cmd_grads(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _api as api
+    from ._grads import render_grads_text
+
     target = api.open_target(args.target, overrides=_overrides(args))
     if target.module is None:
         raise UsageError("grads needs a model: give a spec or a build folder, not a report.json", code="no-model")
@@ -411,6 +430,9 @@ def _cmd_grads(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _read_input(path: Path) -> torch.Tensor:
     """The single tensor in a .safetensors file (named 'input' if there are several)."""
+    import safetensors
+    import safetensors.torch
+
     try:
         tensors = safetensors.torch.load_file(str(path))
     except (OSError, safetensors.SafetensorError) as e:
@@ -423,6 +445,9 @@ def _read_input(path: Path) -> torch.Tensor:
 
 
 def _cmd_graph(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import _api as api
+    from ._graph import to_dot, to_mermaid, to_svg
+
     _check_out(args)
     rep = api.open_target(args.target, device="meta", overrides=_overrides(args)).report
     render = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}[args.format]
@@ -442,7 +467,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return int(e.code or 0)
     func: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.func
     try:
-        api.import_plugins(args.plugin)  # before anything is read or written
+        import_plugins(args.plugin)  # before anything is read or written
         return func(args, out, err)
     except SpecError as e:
         _print_diagnostics(e.diagnostics, err)
