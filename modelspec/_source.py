@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from yaml.events import CollectionEndEvent, CollectionStartEvent
+from yaml.events import CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from ._errors import Collector, Diagnostic, SpecError, SpecPath
 from ._yaml_hints import explain_syntax_error, line_col, suspicious_plain_scalar
@@ -123,6 +123,69 @@ class _Loader(yaml.SafeLoader):
         elif isinstance(event, CollectionEndEvent):
             self.depth -= 1
         return event
+
+
+try:  # libyaml, when PyYAML was built with it: the same documents, parsed about 30x faster
+    from yaml.cyaml import CParser as _CParser
+except ImportError:  # pragma: no cover - a PyYAML without libyaml: the Python loader only
+    _CParser = None
+
+
+if _CParser is not None:
+
+    class _FastLoader(_CParser, yaml.resolver.Resolver):  # type: ignore[misc]
+        """libyaml's parser and composer with :class:`_Loader`'s scalar resolution."""
+
+        yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = {}
+
+        def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
+            if kind is yaml.ScalarNode and implicit[0]:
+                return resolve_plain(value)
+            return str(super().resolve(kind, value, implicit))
+
+
+#: plain scalars that libyaml and PyYAML may read differently ('Linear:{a: 1}' and '-ReLU'
+#: are scalars for one and errors for the other), as are plain scalars over several lines
+#: ('ReLU' and a more-indented '- ReLU' below it): a document holding one is read by the
+#: Python loader only
+_DISPUTED_PLAIN = re.compile(r"[:{}\[\],]|^(?:-(?![0-9.])|\?)")  # not a negative number
+
+
+def _compose_fast(text: str) -> yaml.Node | None:
+    """The node tree by libyaml, or None to leave the text to the Python loader.
+
+    Only a plain-ASCII text within the depth limit, without plain scalars the two parsers may
+    disagree on (:data:`_DISPUTED_PLAIN`), that libyaml reads without any error takes this
+    path. Every error, and every position in a non-ASCII text (where libyaml counts
+    differently), comes from the Python loader, so messages and positions are the same
+    whichever path a spec takes. The depth is counted on libyaml's events first: its
+    composer recurses in C and must never see a document nested deeper than MAX_DEPTH.
+    """
+    if _CParser is None or not text.isascii():
+        return None
+    try:
+        events = _CParser(text)
+        depth = 0
+        try:
+            while (event := events.get_event()) is not None:
+                if isinstance(event, CollectionStartEvent):
+                    depth += 1
+                    if depth > MAX_DEPTH:
+                        return None
+                elif isinstance(event, CollectionEndEvent):
+                    depth -= 1
+                elif isinstance(event, ScalarEvent) and not event.style:
+                    if event.end_mark.line > event.start_mark.line or _DISPUTED_PLAIN.search(event.value):
+                        return None
+        finally:
+            events.dispose()
+        loader = _FastLoader(text)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -234,6 +297,9 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     if bad is not None:
         raise SpecError([bad])
     errors = Collector(file=file)
+    node = _compose_fast(text)
+    if node is not None:
+        return _convert(node, text, errors, file)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -256,6 +322,10 @@ def load_text(text: str, file: str = "<spec>") -> Document:
     if node is None:
         errors.add("empty-spec", "the spec is empty", hint="start with 'modelspec: 1'", at=(1, 1))
         errors.raise_if_errors()
+    return _convert(node, text, errors, file)
+
+
+def _convert(node: yaml.Node, text: str, errors: Collector, file: str) -> Document:
     converter = _Converter(text, errors)
     try:
         data = converter.convert(node, ())

@@ -8,6 +8,7 @@ versions read differently gets the private tag ``AMBIGUOUS``: an error, never a 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -62,6 +63,7 @@ _YAML11_NUMBER_RE = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # specs repeat their words ('Linear', 'in_features', '64') many times
 def resolve_plain(value: str) -> str:
     """The tag of an untagged plain scalar under YAML 1.2 core (or ``AMBIGUOUS``)."""
     for regex, tag in ((_NULL_RE, _NULL), (_BOOL_RE, _BOOL), (_INT_RE, _INT), (_FLOAT_RE, _FLOAT)):
