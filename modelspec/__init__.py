@@ -20,6 +20,7 @@ _WHERE = {
     "build_info": "_api",
     "compile_spec": "_api",
     "diff": "_api",
+    "export_onnx": "_onnx",
     "grads": "_api",
     "load": "_api",
     "materialize": "_api",
@@ -59,6 +60,7 @@ __all__ = [
     "build_info",
     "compile_spec",
     "diff",
+    "export_onnx",
     "grads",
     "load",
     "materialize",
@@ -112,4 +114,5 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         UsageError,
     )
     from ._inventory import Report
+    from ._onnx import export_onnx
     from ._registry import register_layer
