@@ -263,3 +263,26 @@ def test_missing_extra_names_the_install_command(tmp_path: Path, monkeypatch: py
     assert rc == 2
     assert "error[missing-dependency]" in err and "pip install 'torch-modelspec[onnx]'" in err
     assert not out.exists()
+
+
+class _HandTied(torch.nn.Module):
+    """A handwritten model with a parameter tie registered in the other order (the head first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(8, 5, bias=False)
+        self.embed = torch.nn.Embedding(5, 8)
+        self.head.weight = self.embed.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(idx))
+
+
+def test_any_module_with_inputs(tmp_path: Path) -> None:
+    model = _HandTied()
+    result = modelspec.export_onnx(model, tmp_path / "h.onnx", inputs=(torch.zeros(2, 3, dtype=torch.int64),))
+    assert result.initializers == {"head.weight": ("head.weight", "embed.weight")}  # the first name, as state_dict
+    assert [i.name for i in onnx.load(str(result.path)).graph.initializer] == ["head.weight"]
+    with pytest.raises(modelspec.UsageError) as e:
+        modelspec.export_onnx(model, tmp_path / "g.onnx")  # no spec, no inputs
+    assert e.value.code == "no-input" and not (tmp_path / "g.onnx").exists()
