@@ -221,7 +221,8 @@ def _rename(graph: Any, groups: dict[str, tuple[str, ...]]) -> list[tuple[str, s
 
 def _copies(graph: Any, module: nn.Module, groups: dict[str, tuple[str, ...]]) -> list[OnnxCopy]:
     """Initializers not named after a tie group that hold a parameter's or buffer's values
-    (or their transpose): tensors the file stores twice."""
+    (or their transpose): tensors the file stores twice. Constant fills (all elements
+    equal) are not counted: a zero bias matches every freshly initialized bias."""
     by_shape: dict[tuple[int, ...], list[tuple[str, torch.Tensor]]] = {}
     state = dict(module.state_dict(keep_vars=True))
     state.update(dict(module.named_buffers(remove_duplicate=False)))
@@ -242,6 +243,8 @@ def _copies(graph: Any, module: nn.Module, groups: dict[str, tuple[str, ...]]) -
         if not candidates:
             continue
         array = torch.from_numpy(value.const_value.numpy().copy())
+        if bool((array == array.flatten()[0]).all()):
+            continue  # a constant fill (the zero bias the exporter gives a Conv without one) proves nothing
         for canonical, t, transposed in candidates:
             ref = t.detach().to("cpu")
             ref = ref.transpose(0, 1) if transposed else ref

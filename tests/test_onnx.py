@@ -286,3 +286,32 @@ def test_any_module_with_inputs(tmp_path: Path) -> None:
     with pytest.raises(modelspec.UsageError) as e:
         modelspec.export_onnx(model, tmp_path / "g.onnx")  # no spec, no inputs
     assert e.value.code == "no-input" and not (tmp_path / "g.onnx").exists()
+
+
+CONV_BN = """\
+modelspec: 1
+name: conv-bn
+input: {shape: [2, 3, 8, 8]}
+seed: 0
+model:
+  - Conv2d: {in_channels: 3, out_channels: 4, kernel_size: 3, bias: false}
+  - BatchNorm2d: 4
+  - ReLU
+"""
+
+
+def test_buffers_and_constant_fills(tmp_path: Path) -> None:
+    """BatchNorm's running statistics are initializers by their names; its step counter is not
+    read in eval mode (``missing``); the zero bias the exporter gives a bias-free Conv equals the
+    fresh BatchNorm bias but is not a copy of it."""
+    model = modelspec.build(CONV_BN)
+    result = modelspec.export_onnx(model, tmp_path / "cb.onnx")
+    assert result.copies == ()
+    assert result.missing == ("1.num_batches_tracked",)
+    assert {"1.running_mean", "1.running_var", "1.weight", "1.bias", "0.weight"} <= set(result.initializers)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert model.training  # the export put it in eval mode and back
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), atol=ATOL, rtol=RTOL)
