@@ -26,9 +26,11 @@ onnxruntime only to run the exported file.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +56,10 @@ INSTALL_HINT = "pip install 'torch-modelspec[onnx]'"
 _MAX_BYTES = 2**31 - 1
 #: the doc_string of every file modelspec writes: ``-o FILE`` recognises its own output by it
 DOC_STRING = f"{MARKER}: one initializer per tie group, named by its canonical name"
-_NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours in torch's messages
+#: loggers (and their children) silenced while exporting
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch._dynamo", "torch.fx", "torch._subclasses",
+                  "torch._functorch", "torch._guards", "torch._utils_internal", "onnxscript", "onnx_ir")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,14 +146,17 @@ def _example_inputs(info: BuildInfo | None, model: str) -> tuple[torch.Tensor, .
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporter's warnings and log lines (missing torchvision, deprecations inside torch)
-    are not the user's concern; library code never prints."""
-    loggers = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    """The exporter's warnings, log lines (missing torchvision, guards) and what torch.export
+    prints to stderr when it fails (a partial graph) are not for the user: a failure becomes
+    ``export-failed`` with its message, and library code never prints."""
+    names = {n for n in logging.root.manager.loggerDict if n.startswith(_NOISY_LOGGERS)} | set(_NOISY_LOGGERS)
+    loggers = [logging.getLogger(n) for n in sorted(names)]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
             lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # fmt: skip
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -177,16 +185,28 @@ def _trace(module: nn.Module, xs: tuple[torch.Tensor, ...], dynamic: bool, opset
         try:
             with torch.no_grad():
                 module(*wider)  # a model fixed to batch 1 fails here; then the example's shape
-            return _export(module, wider, True, opset)
+            program = _export(module, wider, True, opset)
+            if all(_symbolic_first(v) for v in program.model.graph.inputs):
+                return program
+            # the model fixes its batch size: export it at the example's, not at 2
         except Exception:  # noqa: BLE001 - whatever fails at batch 2 is retried as given below
             pass
     try:
         return _export(module, xs, False, opset)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        root: BaseException = e  # the exporter wraps the reason (torch.export's error) in its own
+        while root.__cause__ is not None:
+            root = root.__cause__
+        lines = _ANSI.sub("", str(root)).strip().splitlines()
         raise ModelspecError(
-            f"PyTorch could not export this model to ONNX: {type(e).__name__}: {first}", code="export-failed"
+            f"PyTorch could not export this model to ONNX: {type(root).__name__}: {lines[0] if lines else ''}".strip(),
+            code="export-failed",
         ) from e
+
+
+def _symbolic_first(value: Any) -> bool:
+    shape = value.shape
+    return shape is not None and len(shape) > 0 and not isinstance(shape[0], int)
 
 
 def _reads_tensor(node: Any, tensor_values: set[int]) -> bool:

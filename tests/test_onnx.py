@@ -85,7 +85,7 @@ def _inputs(e: Exported, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
     return tuple(xs)
 
 
-@pytest.mark.parametrize("batch", [2, 3])
+@pytest.mark.parametrize("batch", [1, 3])
 def test_outputs_match_pytorch_in_onnxruntime(exported: Exported, batch: int) -> None:
     assert exported.result.dynamic_batch
     xs = _inputs(exported, batch, seed=batch)
@@ -315,3 +315,30 @@ def test_buffers_and_constant_fills(tmp_path: Path) -> None:
     assert model.training  # the export put it in eval mode and back
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), model.eval()(x), atol=ATOL, rtol=RTOL)
+
+
+class _Branches(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if x.sum() > 0 else x - 1  # data-dependent: torch.export cannot trace it
+
+
+class _BatchOfOne(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(3) * 2  # only a batch of 1 fits
+
+
+def test_export_failure_is_an_error_code_and_silent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(modelspec.ModelspecError) as e:
+        modelspec.export_onnx(_Branches(), tmp_path / "b.onnx", inputs=(torch.ones(2, 3),))
+    assert e.value.code == "export-failed"
+    assert "\x1b" not in str(e.value)  # torch's colours are taken out
+    assert list(tmp_path.iterdir()) == []
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "")  # torch.export prints a partial graph to stderr: not passed on
+
+
+def test_a_model_that_fixes_its_batch_exports_with_the_example_shape(tmp_path: Path) -> None:
+    result = modelspec.export_onnx(_BatchOfOne(), tmp_path / "one.onnx", inputs=(torch.ones(1, 3),))
+    assert not result.dynamic_batch
+    dims = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3]
