@@ -33,7 +33,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +97,7 @@ class OnnxExport:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     dynamic_batch: bool
-    opset: int = field(default=0)
+    opset: int
 
 
 def _require_extra() -> Any:

@@ -342,3 +342,20 @@ def test_a_model_that_fixes_its_batch_exports_with_the_example_shape(tmp_path: P
     assert not result.dynamic_batch
     dims = onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 3]
+
+
+def test_cli_set_variables(tmp_path: Path) -> None:
+    out = tmp_path / "g.onnx"
+    sets = ["n_layer=1", "n_head=2", "d_model=16", "vocab=50", "n_ctx=16"]
+    rc, _, err = run("export", str(ZOO / "gpt2.yaml"), "--format", "onnx", "-o", str(out), "--set", *sets)
+    assert rc == 0, err
+    names = {i.name for i in onnx.load(str(out)).graph.initializer}
+    assert "transformer.wte.weight" in names and "lm_head.weight" not in names
+    assert any(n.startswith("transformer.h.0.") for n in names)
+    assert not any(n.startswith("transformer.h.1.") for n in names)
+
+
+def test_cli_set_on_a_build_folder_is_refused(tmp_path: Path) -> None:
+    modelspec.write_build(D2L / "shared.yaml", tmp_path / "b")
+    rc, _, err = run("export", str(tmp_path / "b"), "-o", str(tmp_path / "x.onnx"), "--set", "n=1")
+    assert rc == 2 and "error[bad-usage]" in err and not (tmp_path / "x.onnx").exists()
