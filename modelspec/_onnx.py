@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -262,13 +263,16 @@ def _copies(graph: Any, module: nn.Module, groups: dict[str, tuple[str, ...]]) -
             candidates += [(c, t, True) for c, t in by_shape.get(swapped, [])]
         if not candidates:
             continue
-        array = torch.from_numpy(value.const_value.numpy().copy())
-        if bool((array == array.flatten()[0]).all()):
+        array = value.const_value.numpy()  # bfloat16 and float8 come as ml_dtypes arrays: compared in float64
+        if array.dtype.kind == "c" or bool((array == array.flat[0]).all()):
             continue  # a constant fill (the zero bias the exporter gives a Conv without one) proves nothing
+        wide = array.astype(np.float64)
         for canonical, t, transposed in candidates:
             ref = t.detach().to("cpu")
             ref = ref.transpose(0, 1) if transposed else ref
-            if ref.dtype == array.dtype and torch.equal(ref, array):
+            if str(ref.dtype).removeprefix("torch.") == str(array.dtype) and np.array_equal(
+                ref.to(torch.float64).numpy(), wide
+            ):
                 found.append(OnnxCopy(name, canonical, transposed))
                 break
     return found

@@ -468,8 +468,8 @@ def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     tied = sum(1 for aliases in result.initializers.values() if len(aliases) > 1)
     out.write(
         f"exported {args.target} -> {result.path} (ONNX opset {result.opset})\n"
-        f"  {len(result.initializers)} initializers, {tied} of them tie groups; "
-        f"{len(result.transposed)} transposed tie(s)\n"
+        f"  {len(result.initializers)} initializers, {tied} of them reached by several names; "
+        f"{len(result.transposed)} transposed tie(s) read through Transpose\n"
         f"  inputs: {', '.join(result.inputs)}; batch {'dynamic' if result.dynamic_batch else 'fixed'}\n"
     )
     for copy in result.copies:  # not expected: say so rather than hide it

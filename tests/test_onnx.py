@@ -158,7 +158,8 @@ def test_transposed_tie_is_one_initializer_and_a_transpose(exports: Callable[[st
         assert not any(a.shape == w.T.shape and (a == w.T).all() for a in inits.values())
 
 
-def test_a_transposed_copy_is_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_transposed_copy_is_reported(tmp_path: Path, dtype: torch.dtype) -> None:
     """What PyTorch's exporter does with its optimizer on (folds ``weight.T`` into a new
     initializer): the check names the copy and its source."""
     import onnx_ir
@@ -166,8 +167,8 @@ def test_a_transposed_copy_is_reported(tmp_path: Path) -> None:
 
     from modelspec._onnx import _copies, tie_groups
 
-    model = modelspec.build(ZOO / "tied_autoencoder.yaml").eval()
-    modelspec.export_onnx(model, tmp_path / "ae.onnx")
+    model = modelspec.build(ZOO / "tied_autoencoder.yaml", dtype=dtype).eval()
+    modelspec.export_onnx(model, tmp_path / "ae.onnx", inputs=(torch.ones(4, 64, dtype=dtype),))
     ir_model = onnx_ir.load(tmp_path / "ae.onnx")
     optimizer.optimize(ir_model)
     copies = _copies(ir_model.graph, model, tie_groups(model))
