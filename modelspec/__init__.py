@@ -20,6 +20,7 @@ _WHERE = {
     "build_info": "_api",
     "compile_spec": "_validate",
     "diff": "_api",
+    "export_onnx": "_onnx",
     "grads": "_api",
     "load": "_api",
     "load_state_dict": "_interop",
@@ -62,6 +63,7 @@ __all__ = [
     "build_info",
     "compile_spec",
     "diff",
+    "export_onnx",
     "grads",
     "load",
     "load_state_dict",
@@ -117,5 +119,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
     )
     from ._interop import load_state_dict, parameters, state_dict
     from ._inventory import Report
+    from ._onnx import export_onnx
     from ._registry import register_layer
     from ._validate import compile_spec, validate

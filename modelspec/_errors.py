@@ -3,7 +3,9 @@
 Every error modelspec raises derives from :class:`ModelspecError`::
 
     ModelspecError          missing-dependency (matplotlib for histograms), report-mismatch,
-    │                       plugin-error (a --plugin module or an entry point failed to load)
+    │                       plugin-error (a --plugin module or an entry point failed to load),
+    │                       export-failed (PyTorch cannot export the model to ONNX; missing-dependency
+    │                       also for the onnx extra)
     ├── SpecError           the spec is invalid; carries ranked Diagnostics with positions
     │                       (code spec; each Diagnostic has its own code)
     ├── UsageError          an option is invalid: device, dtype, batch, input tensor (also a ValueError)

@@ -39,7 +39,15 @@ from typing import Any
 from ._errors import BuildDirError
 from ._process import SignalGuard, alive, fault_point, start_time
 
-__all__ = ["MANIFEST_FILE", "atomic_dir", "atomic_write_text", "check_target", "make_folder", "recover"]
+__all__ = [
+    "MANIFEST_FILE",
+    "atomic_dir",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_target",
+    "make_folder",
+    "recover",
+]
 
 #: Written last into every build folder: each file modelspec wrote, with its size and sha256.
 MANIFEST_FILE = "manifest.json"
@@ -85,6 +93,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """:func:`atomic_write_text` for bytes (an ONNX file): a temp file beside ``path``, renamed into place."""
+    target = Path(path)
+    if target.is_dir():
+        raise BuildDirError(f"{target} is a folder; give a file name", code="not-a-file")
+    make_folder(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
         os.replace(tmp, target)
     finally:

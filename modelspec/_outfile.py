@@ -12,7 +12,8 @@ Rules, checked before the work starts and again right before the write:
 Every format modelspec writes says so within its first few KiB: ``report.json`` has
 ``"format": "modelspec-report"``, HTML a ``<meta name="generator">``, SVG and Mermaid a
 comment (``written by modelspec``), Markdown the Mermaid comment under its title, DOT the graph name
-``modelspec``. Text and CSV cannot carry a comment; their fixed first lines identify them.
+``modelspec``, ONNX its ``doc_string``. Text and CSV cannot carry a comment; their fixed first lines
+identify them.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _OURS = {  # each format's first lines, matched at the start of the file
     "text": re.compile(rf"{_SUMMARY}\n\n{_TEXT_HEADER}\n-"),  # summary line, blank line, table header
     "csv": re.compile(re.escape(",".join(CSV_COLUMNS) + "\n")),  # the fixed header row
     "schema": re.compile(_SCHEMA_HEAD + r"modelspec/schemas/"),
+    # ONNX (protobuf): ir_version (field 1), the producer's fields, then doc_string (field 6,
+    # tag 0x32) with the marker, all before the graph
+    "onnx": re.compile(rf"\x08[\x01-\x7f].{{0,200}}?\x32[\x01-\x7f]{_M}: ", re.S),
 }
 
 

@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "  modelspec diff build/v1 build/v2\n"
         "  modelspec grads specs/d2l/shared.yaml\n"
         "  modelspec graph specs/d2l/shared_mlp.yaml --format dot\n"
+        "  modelspec export specs/zoo/gpt2.yaml --format onnx -o gpt2.onnx\n"
         "  modelspec schema -o schemas\n\n"
         "exit codes: 0 ok, 1 differences found, 2 bad input, 70 internal error (a bug: please report it)",
     )
@@ -188,7 +189,29 @@ def _parser() -> argparse.ArgumentParser:
     gp.add_argument("--force", action="store_true", help=FORCE_HELP)
     _add_set(gp)
     gp.set_defaults(func=_cmd_graph)
-    for command in (b, v, s, r, d, gr, gp):
+    ex = sub.add_parser(
+        "export",
+        formatter_class=fmt,
+        help="export a model to ONNX (one initializer per tie group)",
+        description="Export SPEC or BUILD_DIR to an ONNX file, traced with the spec's example input(s),\n"
+        "the first dimension dynamic ('batch') when the model allows it. Every tie group is one\n"
+        "initializer named by its canonical name; a transposed tie is a Transpose node reading it.\n"
+        "Needs the onnx extra: pip install 'torch-modelspec[onnx]'.",
+        epilog="examples:\n  modelspec export specs/zoo/tied_autoencoder.yaml --format onnx -o ae.onnx\n"
+        "  modelspec export build/gpt2 --format onnx -o gpt2.onnx\n"
+        "  modelspec export specs/zoo/gpt2.yaml --format onnx -o gpt2-2l.onnx --set n_layer=2\n"
+        "  modelspec export pair.yaml --format onnx --model mlp1 -o mlp1.onnx --static-batch",
+    )
+    ex.add_argument("target", metavar="SPEC|BUILD_DIR")
+    ex.add_argument("--format", choices=("onnx",), default="onnx", help="the file format (default: onnx)")
+    ex.add_argument("-o", "--out", metavar="FILE", required=True, help="the file to write (atomically)")
+    ex.add_argument("--force", action="store_true", help=FORCE_HELP)
+    ex.add_argument("--model", metavar="NAME", help="which model of a spec with 'models:' to export")
+    ex.add_argument("--static-batch", action="store_true", help="keep the example's batch size fixed")
+    ex.add_argument("--opset", type=_positive, metavar="N", help="ONNX opset version (default: the exporter's)")
+    _add_set(ex)
+    ex.set_defaults(func=_cmd_export)
+    for command in (b, v, s, r, d, gr, gp, ex):
         command.add_argument(
             "--plugin",
             action="append",
@@ -452,6 +475,31 @@ def _cmd_graph(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     rep = api.open_target(args.target, device="meta", overrides=_overrides(args)).report
     render = {"mermaid": to_mermaid, "dot": to_dot, "svg": to_svg}[args.format]
     _emit(render(rep, depth=args.depth), args, out, err)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from ._onnx import export_onnx  # needs the onnx extra: imported only here
+
+    result = export_onnx(
+        args.target,
+        args.out,
+        model_name=args.model,
+        dynamic_batch=not args.static_batch,
+        opset=args.opset,
+        overrides=_overrides(args),
+        force=args.force,
+    )
+    tied = sum(1 for aliases in result.initializers.values() if len(aliases) > 1)
+    out.write(
+        f"exported {args.target} -> {result.path} (ONNX opset {result.opset})\n"
+        f"  {len(result.initializers)} initializers, {tied} of them reached by several names; "
+        f"{len(result.transposed)} transposed tie(s) read through Transpose\n"
+        f"  inputs: {', '.join(result.inputs)}; batch {'dynamic' if result.dynamic_batch else 'fixed'}\n"
+    )
+    for copy in result.copies:  # not expected: say so rather than hide it
+        what = "transposed copy" if copy.transposed else "copy"
+        print(f"modelspec: warning: initializer '{copy.initializer}' is a {what} of '{copy.of}'", file=err)
     return EXIT_OK
 
 
