@@ -28,6 +28,9 @@ _WHERE = {
     "save": "_api",
     "validate": "_api",
     "write_build": "_api",
+    "dcp_load": "_dcp",
+    "dcp_save": "_dcp",
+    "shard": "_distributed",
     "BuildInfo": "_build",
     "BuildDirError": "_errors",
     "CheckpointError": "_errors",
@@ -58,6 +61,8 @@ __all__ = [
     "build",
     "build_info",
     "compile_spec",
+    "dcp_load",
+    "dcp_save",
     "diff",
     "grads",
     "load",
@@ -66,6 +71,7 @@ __all__ = [
     "report",
     "retie",
     "save",
+    "shard",
     "validate",
     "write_build",
 ]
@@ -100,6 +106,8 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         write_build,
     )
     from ._build import BuildInfo
+    from ._dcp import dcp_load, dcp_save
+    from ._distributed import shard
     from ._errors import (
         BuildDirError,
         CheckpointError,

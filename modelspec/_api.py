@@ -21,6 +21,7 @@ from ._build import DTYPES, BuildInfo, build_module, example_specs
 from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
+from ._distributed import is_sharded, on_rank0
 from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir, check_target, recover
 from ._grads import GradReport, Loss, example_batch, gradients
@@ -222,8 +223,32 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
     """The parameter inventory of any module: unique tensors, aliases, ties, totals.
 
     Modules built or loaded by modelspec also get block names and the spec's hash.
+    On an FSDP2-sharded model every rank must call it: rank 0 gathers the full values
+    and makes the report, and every rank returns it.
     """
+    if is_sharded(module):
+        return on_rank0(
+            module,
+            lambda: _skeleton(module, None),
+            lambda plain: inventory(plain, _INFO[plain], progress=progress),
+            render_json,
+            lambda text: read_report(text, "<report from rank 0>"),
+        )
     return inventory(module, _INFO.get(module), progress=progress)
+
+
+def _skeleton(module: nn.Module, spec: SpecSource | None) -> nn.Module:
+    """The spec's model on meta, known to modelspec: to hold a sharded model's gathered values."""
+    info = _INFO.get(module)
+    if spec is None and info is None:
+        raise UsageError("modelspec does not know this sharded module's spec: pass spec=... (its path or text)",
+                         code="no-spec")  # fmt: skip
+    skeleton, built = build_module(compile_spec(spec) if spec is not None else resolve(info.spec),  # type: ignore[union-attr]
+                                   device="meta", transfer=False)  # fmt: skip
+    if info is not None and info.spec.sha256 == built.spec.sha256:
+        built = replace(built, transfers=info.transfers)
+    _INFO[skeleton] = built
+    return skeleton
 
 
 # ------------------------------------------------------------------ build folders
@@ -326,7 +351,13 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
             :func:`retie`; or the module ties what the spec does not: the message gives the
             ``ties:`` entry to add), ``names-mismatch``, ``shape-mismatch``.
         BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
+
+    On an FSDP2-sharded model every rank must call it: rank 0 gathers the full values and
+    writes the folder, the other ranks write nothing (and raise rank 0's error, if any).
     """
+    if is_sharded(module):
+        return on_rank0(module, lambda: _skeleton(module, spec), lambda plain: save(plain, build_dir, spec=spec),
+                        str, Path)  # fmt: skip
     out = Path(build_dir)
     recover(out)
     info = _INFO.get(module)
