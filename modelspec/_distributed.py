@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -228,10 +228,18 @@ def shard(model: nn.Module, *, units: Units = None, **fully_shard_kwargs: Any) -
             kept in one unit).
 
     Example:
-        >>> model = modelspec.shard(modelspec.build("specs/zoo/gpt2.yaml"), units=lambda n, m: n.startswith("h."))
+        >>> layer = lambda name, module: name.startswith("transformer.h.") and name.count(".") == 2
+        >>> model = modelspec.shard(modelspec.build("specs/zoo/gpt2.yaml"), units=layer)
+        >>> # units: [transformer.wte + lm_head], transformer.h.0, ..., transformer.h.11, the root
     """
     import torch.distributed as dist
 
+    if isinstance(model, nn.ModuleDict | nn.ModuleList):  # fully_shard needs the root's forward
+        raise UsageError(
+            f"shard needs the module that runs the model, not a {type(model).__name__} "
+            "(a spec with 'models:' builds one): shard a module whose forward calls them",
+            code="cannot-shard",
+        )
     if not dist.is_available() or not dist.is_initialized():
         raise UsageError("shard needs torch.distributed.init_process_group() first (on every rank)",
                          code="not-distributed")  # fmt: skip
@@ -312,8 +320,7 @@ def on_rank0(
     """
     import torch.distributed as dist
 
-    full = full_state(module)
-    assert full is not None
+    full = full_state(module) or {}  # {} on the ranks other than 0
     rank = dist.get_rank()
     outcome: dict[str, Any] = {}
     result: T | None = None
@@ -356,12 +363,3 @@ def _broadcast(text: str) -> str:
     buf = data.to(device) if dist.get_rank() == 0 else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
     dist.broadcast(buf, src=0)
     return bytes(buf.cpu().tolist()).decode("utf-8")
-
-
-def iter_unique(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(canonical name, tensor)`` for each tensor of ``module``'s state dict once."""
-    seen: set[int] = set()
-    for name, t in module.state_dict(keep_vars=True).items():
-        if id(t) not in seen:
-            seen.add(id(t))
-            yield name, t

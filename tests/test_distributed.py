@@ -72,10 +72,13 @@ def test_a_tie_inside_a_shared_block_takes_the_whole_block_into_its_unit() -> No
     assert plan(model, units=per_layer) == [("emb", "head"), ("h.0.1", "h.1.0"), ("h.0",), ("",)]
 
 
-def test_shard_needs_a_process_group() -> None:
+def test_shard_needs_a_process_group_and_a_model_with_forward() -> None:
     with pytest.raises(modelspec.UsageError) as e:
         modelspec.shard(modelspec.build(LM, device="meta"))
     assert e.value.code == "not-distributed"
+    with pytest.raises(modelspec.UsageError) as e:
+        modelspec.shard(modelspec.build(ROOT / "specs/d2l/shared_mlp.yaml", device="meta"))  # models: a ModuleDict
+    assert e.value.code == "cannot-shard"
 
 
 # ------------------------------------------------------------------ DCP in one process
