@@ -42,7 +42,7 @@ def _inner(model: nn.Module) -> nn.Module:
     while True:
         inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
-            inner = model.module if type(model).__name__ == "DistributedDataParallel" else None
+            inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else None
         if not isinstance(inner, nn.Module):
             return model
         model = inner

@@ -24,6 +24,7 @@ and does the work; the other ranks write nothing and get rank 0's answer (or its
 
 from __future__ import annotations
 
+import heapq
 import json
 import sys
 from collections.abc import Callable
@@ -98,7 +99,8 @@ def _tie_groups(tree: _Tree) -> list[list[nn.Module]]:
             if p is not None:
                 union(holders.setdefault(id(p), m), m)
         for source, _ in links_of(m).values():
-            union(m, source)
+            if id(source) in tree.name:  # a source outside the model: nothing to keep together
+                union(m, source)
     groups: dict[int, list[nn.Module]] = {}
     for i, m in objs.items():
         groups.setdefault(find(i), []).append(m)
@@ -121,21 +123,29 @@ def _wanted(units: Units, name: str, m: nn.Module) -> bool:
 
 def _ordered(tree: _Tree, groups: list[list[nn.Module]]) -> list[list[nn.Module]]:
     """Bottom-up: a group comes before every group with a member around one of its members."""
-    after: dict[int, set[int]] = {i: set() for i in range(len(groups))}  # i -> groups that must come first
-    for i, g in enumerate(groups):
-        inside = set().union(*(tree.below[id(m)] for m in g))
-        for j, h in enumerate(groups):
-            if i != j and any(id(m) in inside for m in h):
-                after[i].add(j)
-    done: list[int] = []
-    while len(done) < len(groups):
-        ready = [i for i in after if i not in done and after[i] <= set(done)]
-        if not ready:
-            names = [[tree.name[id(m)] for m in groups[i]] for i in after if i not in done]
-            raise UsageError(f"the ties nest into each other and cannot be sharded bottom-up: {names}",
-                             code="cannot-shard")  # fmt: skip
-        done.append(min(ready, key=lambda i: tree.index[id(groups[i][0])]))
-    return [groups[i] for i in done]
+    group_of = {id(m): gi for gi, g in enumerate(groups) for m in g}
+    later: list[set[int]] = [set() for _ in groups]  # gi -> the groups around it
+    waits = [0] * len(groups)  # gi -> how many groups inside it are not placed yet
+    for gi, g in enumerate(groups):
+        inside = {group_of[i] for m in g for i in tree.below[id(m)] if i in group_of} - {gi}
+        for gj in inside:
+            later[gj].add(gi)
+        waits[gi] = len(inside)
+    ready = [(tree.index[id(g[0])], gi) for gi, g in enumerate(groups) if waits[gi] == 0]
+    heapq.heapify(ready)
+    order: list[int] = []
+    while ready:
+        _, gi = heapq.heappop(ready)
+        order.append(gi)
+        for gj in later[gi]:
+            waits[gj] -= 1
+            if waits[gj] == 0:
+                heapq.heappush(ready, (tree.index[id(groups[gj][0])], gj))
+    if len(order) < len(groups):
+        names = [[tree.name[id(m)] for m in g] for gi, g in enumerate(groups) if gi not in set(order)]
+        raise UsageError(f"the ties nest into each other and cannot be sharded bottom-up: {names[:4]}",
+                         code="cannot-shard")  # fmt: skip
+    return [groups[gi] for gi in order]
 
 
 def _split_ties(tree: _Tree, groups: list[list[nn.Module]]) -> dict[int, str]:
