@@ -240,11 +240,14 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
 def _skeleton(module: nn.Module, spec: SpecSource | None) -> nn.Module:
     """The spec's model on meta, known to modelspec: to hold a sharded model's gathered values."""
     info = _INFO.get(module)
-    if spec is None and info is None:
+    if spec is not None:
+        resolved = compile_spec(spec)
+    elif info is not None:
+        resolved = resolve(info.spec)
+    else:
         raise UsageError("modelspec does not know this sharded module's spec: pass spec=... (its path or text)",
                          code="no-spec")  # fmt: skip
-    skeleton, built = build_module(compile_spec(spec) if spec is not None else resolve(info.spec),  # type: ignore[union-attr]
-                                   device="meta", transfer=False)  # fmt: skip
+    skeleton, built = build_module(resolved, device="meta", transfer=False)
     if info is not None and info.spec.sha256 == built.spec.sha256:
         built = replace(built, transfers=info.transfers)
     _INFO[skeleton] = built
@@ -356,8 +359,8 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
     writes the folder, the other ranks write nothing (and raise rank 0's error, if any).
     """
     if is_sharded(module):
-        return on_rank0(module, lambda: _skeleton(module, spec), lambda plain: save(plain, build_dir, spec=spec),
-                        str, Path)  # fmt: skip
+        # rank 0 writes the folder from the gathered values; every rank returns its path
+        return on_rank0(module, lambda: _skeleton(module, spec), lambda p: save(p, build_dir, spec=spec), str, Path)
     out = Path(build_dir)
     recover(out)
     info = _INFO.get(module)
