@@ -32,6 +32,9 @@ _WHERE = {
     "save": "_api",
     "validate": "_validate",
     "write_build": "_api",
+    "dcp_load": "_dcp",
+    "dcp_save": "_dcp",
+    "shard": "_distributed",
     "BuildInfo": "_build",
     "BuildDirError": "_errors",
     "CheckpointError": "_errors",
@@ -62,6 +65,8 @@ __all__ = [
     "build",
     "build_info",
     "compile_spec",
+    "dcp_load",
+    "dcp_save",
     "diff",
     "export_onnx",
     "grads",
@@ -73,6 +78,7 @@ __all__ = [
     "report",
     "retie",
     "save",
+    "shard",
     "state_dict",
     "validate",
     "write_build",
@@ -106,6 +112,8 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         write_build,
     )
     from ._build import BuildInfo
+    from ._dcp import dcp_load, dcp_save
+    from ._distributed import shard
     from ._errors import (
         BuildDirError,
         CheckpointError,

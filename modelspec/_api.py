@@ -20,6 +20,7 @@ from ._build import DTYPES, BuildInfo, build_module, example_specs
 from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
+from ._distributed import is_sharded, on_rank0
 from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir, check_target, recover
 from ._grads import GradReport, Loss, example_batch, gradients
@@ -183,10 +184,37 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
 
     Modules built or loaded by modelspec also get block names and the spec's hash. A
     model wrapped by ``torch.compile``, DDP or DataParallel is reported as the model
-    inside (its own names, without ``_orig_mod.`` or ``module.``).
+    inside (its own names, without ``_orig_mod.`` or ``module.``). On an FSDP2-sharded
+    model every rank must call it: rank 0 gathers the full values and makes the report,
+    and every rank returns it.
     """
     module = unwrap(module)
+    if is_sharded(module):
+        return on_rank0(
+            module,
+            lambda: _skeleton(module, None),
+            lambda plain: inventory(plain, _INFO[plain], progress=progress),
+            render_json,
+            lambda text: read_report(text, "<report from rank 0>"),
+        )
     return inventory(module, _INFO.get(module), progress=progress)
+
+
+def _skeleton(module: nn.Module, spec: SpecSource | None) -> nn.Module:
+    """The spec's model on meta, known to modelspec: to hold a sharded model's gathered values."""
+    info = _INFO.get(module)
+    if spec is not None:
+        resolved = compile_spec(spec)
+    elif info is not None:
+        resolved = resolve(info.spec)
+    else:
+        raise UsageError("modelspec does not know this sharded module's spec: pass spec=... (its path or text)",
+                         code="no-spec")  # fmt: skip
+    skeleton, built = build_module(resolved, device="meta", transfer=False)
+    if info is not None and info.spec.sha256 == built.spec.sha256:
+        built = replace(built, transfers=info.transfers)
+    _INFO[skeleton] = built
+    return skeleton
 
 
 # ------------------------------------------------------------------ build folders
@@ -290,8 +318,14 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
             :func:`retie`; or the module ties what the spec does not: the message gives the
             ``ties:`` entry to add), ``names-mismatch``, ``shape-mismatch``.
         BuildDirError: ``build_dir`` holds something modelspec did not write (as for ``write_build``).
+
+    On an FSDP2-sharded model every rank must call it: rank 0 gathers the full values and
+    writes the folder, the other ranks write nothing (and raise rank 0's error, if any).
     """
     module = unwrap(module)  # torch.compile / DDP: save the model inside, under its own names
+    if is_sharded(module):
+        # rank 0 writes the folder from the gathered values; every rank returns its path
+        return on_rank0(module, lambda: _skeleton(module, spec), lambda p: save(p, build_dir, spec=spec), str, Path)
     out = Path(build_dir)
     recover(out)
     info = _INFO.get(module)
