@@ -16,6 +16,8 @@ Rules:
   writing, again right before the swap, and once more on the moved-away old folder.
 - An old build's files are removed only when its manifest vouches for them, a temp
   folder's only when its writer.json proves it ours; folders only ever with rmdir.
+- Every file and the folder itself are on disk (fsync) before the folder is renamed into
+  place, and the parent after: a crash leaves the old complete folder or the new one.
 - SIGINT/SIGTERM while writing remove the temp folder, then act as they would have.
 - A killed writer leaves at worst its wrappers (``writer.json`` names its pid, host and
   start time). :func:`recover`, run by the next build or load of ``out``, puts the old
@@ -39,13 +41,22 @@ from typing import Any
 from ._errors import BuildDirError
 from ._process import SignalGuard, alive, fault_point, start_time
 
-__all__ = ["MANIFEST_FILE", "atomic_dir", "atomic_write_text", "check_target", "make_folder", "recover"]
+__all__ = [
+    "MANIFEST_FILE",
+    "atomic_dir",
+    "atomic_write_text",
+    "check_target",
+    "make_folder",
+    "recover",
+    "remember_digest",
+]
 
 #: Written last into every build folder: each file modelspec wrote, with its size and sha256.
 MANIFEST_FILE = "manifest.json"
 _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
 _VERIFIED: set[tuple[object, ...]] = set()  # files whose sha256 matched, by identity and times
+_WRITTEN: dict[tuple[int, ...], str] = {}  # sha256 of files this process just wrote, by identity and times
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
 
 
@@ -110,16 +121,47 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def remember_digest(path: Path, sha256: str) -> None:
+    """Note the sha256 of a file just written (and synced), so the manifest need not read it again."""
+    _WRITTEN[_identity(os.stat(path))] = sha256
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; best effort (some file systems refuse it)."""
+    with contextlib.suppress(OSError):
+        _fsync(folder)
+
+
 def _write_manifest(folder: Path) -> None:
-    """Record every file in ``folder`` (all written by this process just now)."""
+    """Record every file in ``folder`` (all written by this process just now), and sync them all."""
     files: dict[str, dict[str, Any]] = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file(follow_symlinks=False):
             raise BuildDirError(f"internal: {entry.path} is not a regular file", code="not-a-file")
         st = entry.stat(follow_symlinks=False)
-        files[entry.name] = {"bytes": st.st_size, "sha256": _sha256(Path(entry.path)), "mtime_ns": st.st_mtime_ns}
+        known = _WRITTEN.pop(_identity(st), None)  # the checkpoint's writer hashed (and synced) it as it wrote
+        if known is None:
+            _fsync(Path(entry.path))
+        files[entry.name] = {"bytes": st.st_size, "sha256": known or _sha256(Path(entry.path)),
+                             "mtime_ns": st.st_mtime_ns}  # fmt: skip
     doc = {"written_by": _WRITTEN_BY, "format": 1, "files": files}
-    (folder / MANIFEST_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _sync_folder(folder)
 
 
 def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
@@ -312,6 +354,7 @@ def atomic_dir(out: Path, *, keep: Iterable[Path] = ()) -> Iterator[Path]:
 def _swap(tmp: Path, out: Path) -> None:
     if not os.path.lexists(out):
         os.rename(tmp, out)  # fails rather than replace a folder that appeared with something in it
+        _sync_folder(out.parent)
         fault_point("renamed")
         return
     old_wrapper = _make_wrapper(out, "old")
@@ -329,6 +372,7 @@ def _swap(tmp: Path, out: Path) -> None:
             os.unlink(old_wrapper / _MARKER)
             os.rmdir(old_wrapper)
         raise
+    _sync_folder(out.parent)
     fault_point("renamed")
     _discard_wrapper(old_wrapper, old, "old")
 
