@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
@@ -235,21 +236,24 @@ _PIECE = 32 << 20  # bytes written (and hashed) at a time
 def _write_durably(path: Path, parts: list[bytes | memoryview]) -> None:
     """Write ``parts`` to ``path`` and fsync it; the file's sha256 is taken on the way.
 
-    Each piece is hashed by a helper thread while the next system call writes it
-    (hashlib and file writes release the GIL), so the digest costs no extra pass over
-    the data; the build folder's manifest then need not read the file again.
+    A helper thread hashes the pieces in order while this one writes the next ones and
+    then waits for the disk (hashlib, writes and fsync release the GIL), so the digest
+    costs no extra pass over the data; the build folder's manifest need not read the
+    file again.
     """
     digest = hashlib.sha256()
     with open(path, "wb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as hasher:
+        hashed = []
         for part in parts:
             view = memoryview(part).cast("B")
             for begin in range(0, len(view), _PIECE):
                 piece = view[begin : begin + _PIECE]
-                hashed = hasher.submit(digest.update, piece)
+                hashed.append(hasher.submit(digest.update, piece))  # one worker: in order
                 while piece:  # a write may take less than asked (e.g. above 2 GiB on Linux)
                     piece = piece[f.write(piece) :]
-                hashed.result()
         os.fsync(f.fileno())
+        for h in hashed:
+            h.result()
     remember_digest(path, digest.hexdigest())
 
 
@@ -325,10 +329,11 @@ class Checkpoint:
     def load_into(self, module: nn.Module) -> None:
         """Copy the tensors into ``module`` in place after checking every sha256.
 
-        ``module`` is unchanged when anything does not match. Each tensor is read into
-        fresh memory and hashed on all usable cores while the next one is read; a
-        tensor of ``module`` on the CPU then takes that memory (``.data``: the same
-        object, so every tie holds), one elsewhere gets it copied.
+        ``module`` is unchanged when anything does not match. A tensor of ``module`` on
+        the CPU then takes the verified memory (``.data``: the same object, so every tie
+        holds); one on another device gets it copied. Like ``safetensors.torch.load_file``,
+        the CPU tensors use the file's pages copy-on-write: replacing the file (as a
+        build does, by renaming) is safe, truncating it in place while they live is not.
         """
         self.check_structure(module)
         targets, _ = unique_state(module)
@@ -346,30 +351,38 @@ class Checkpoint:
                     dst.requires_grad_(name not in self.frozen)
 
     def _read_verified(self) -> dict[str, torch.Tensor]:
-        """Every stored tensor, read from the files whose headers were verified, sha256 checked."""
+        """Every stored tensor, from the files whose headers were verified, sha256 checked.
+
+        As ``safetensors.torch.load_file`` does, each file is mapped copy-on-write: the
+        tensors use the file's pages (nothing is copied; writing to a tensor copies its
+        pages, never changes the file) and are hashed straight from them on all usable
+        cores. A tensor whose offset does not suit its dtype's alignment is copied.
+        """
         data: dict[str, torch.Tensor] = {}
+        futures = {}
         with ThreadPoolExecutor(max_workers=usable_cores()) as pool:  # hashlib releases the GIL
-            futures = {}
             for path, layout in self.files.items():
+                start = len(layout.header)
+                end = start + max((e for _, e in layout.offsets.values()), default=0)
                 try:
-                    with open(path, "rb", buffering=0) as f:
-                        # the file as read must be the one whose header was checked (it may change in between)
-                        if _read_exactly(f, len(layout.header)) != layout.header:
-                            raise _fail(path, "unreadable", "the file changed while it was being loaded")
-                        for name, (begin, end) in sorted(layout.offsets.items(), key=lambda kv: kv[1]):
-                            rec = self.tensors[name]
-                            t = torch.empty(rec.shape, dtype=_TORCH_DTYPES[rec.dtype])
-                            if not _read_into(f, raw_bytes(t) if end > begin else memoryview(bytearray())):
-                                raise _fail(path, "unreadable", "the file changed while it was being loaded")
-                            data[name] = t
-                            futures[name] = pool.submit(sha256_of, t)
-                except OSError as e:
-                    raise _fail(path, "unreadable", f"cannot read the tensors: {e.strerror or e}") from e
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+                except (OSError, ValueError) as e:
+                    raise _fail(path, "unreadable", f"cannot read the tensors: {e}") from e
+                # the file as mapped must be the one whose header was checked (it may change in between)
+                if mapped is None or size != end or mapped[:start] != layout.header:
+                    raise _fail(path, "unreadable", "the file changed while it was being loaded")
+                view = memoryview(mapped)
+                for name, (begin, stop) in layout.offsets.items():
+                    rec = self.tensors[name]
+                    futures[name] = pool.submit(_hex_sha256, view[start + begin : start + stop])
+                    data[name] = _tensor_at(mapped, start + begin, stop - begin, rec)
             bad = sorted(n for n, fut in futures.items() if fut.result() != self.sha256[n])
         if bad:
-            where = self.file_of(bad[0])
             raise CheckpointError(
-                f"{where}: checksum mismatch in {len(bad)} tensor(s), e.g. '{bad[0]}': the file is damaged",
+                f"{self.file_of(bad[0])}: checksum mismatch in {len(bad)} tensor(s), e.g. '{bad[0]}': "
+                "the file is damaged",
                 code="checksum-mismatch",
             )
         return data
@@ -404,20 +417,19 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _read_exactly(f: Any, n: int) -> bytes:
-    buf = bytearray(n)
-    return bytes(buf) if _read_into(f, memoryview(buf)) else b""
+def _hex_sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def _read_into(f: Any, view: memoryview) -> bool:
-    """Fill ``view`` from ``f``; False when the file ends first."""
-    view = view.cast("B")
-    while view:
-        n = f.readinto(view)
-        if not n:
-            return False
-        view = view[n:]
-    return True
+def _tensor_at(mapped: mmap.mmap, offset: int, nbytes: int, rec: _Record) -> torch.Tensor:
+    """The tensor ``rec`` describes at ``offset`` of a copy-on-write file mapping."""
+    dtype = _TORCH_DTYPES[rec.dtype]
+    if nbytes and offset % dtype.itemsize == 0:
+        return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).view(rec.shape)
+    t = torch.empty(rec.shape, dtype=dtype)  # empty, or not aligned for its dtype (after an odd-sized tensor)
+    if nbytes:
+        raw_bytes(t)[:] = memoryview(mapped)[offset : offset + nbytes]
+    return t
 
 
 def _fail(path: Path, code: str, message: str) -> CheckpointError:
