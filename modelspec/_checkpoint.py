@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 
 from ._errors import CheckpointError
-from ._files import remember_digest
+from ._files import remember_digest, tensors_digest
 from ._shards import INDEX_SUFFIX, index_path, parse_size, plan_shards, shard_name, shard_number
 from ._stats import raw_bytes, sha256_of
 from ._ties import OUTSIDE, transposed_map
@@ -193,7 +193,7 @@ def save_checkpoint(
     total = sum(size for _, size in sizes)
     if limit is None or total <= limit:
         metadata[DIGEST] = metadata_digest(metadata)
-        write_safetensors(path, data, metadata)
+        write_safetensors(path, data, metadata, digests)
         return metadata
     shards = plan_shards(sizes, limit)
     files = [shard_name(path, i + 1, len(shards)) for i in range(len(shards))]
@@ -201,7 +201,7 @@ def save_checkpoint(
     metadata[DIGEST] = metadata_digest({**metadata, **_shard_fields(weight_map, total)})
     for names, file in zip(shards, files, strict=True):
         shard_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, SHARD_DIGEST: metadata[DIGEST]}
-        write_safetensors(path.parent / file, {n: data[n] for n in names}, shard_meta)
+        write_safetensors(path.parent / file, {n: data[n] for n in names}, shard_meta, digests)
     index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
     _write_durably(index_path(path), [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")])
     return metadata
@@ -212,12 +212,16 @@ def _shard_fields(weight_map: dict[str, str], total: int) -> dict[str, str]:
     return {"weight_map": json.dumps(weight_map, sort_keys=True, separators=(",", ":")), "total_size": str(total)}
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write the safetensors format with a deterministic header.
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], digests: Mapping[str, str] | None = None
+) -> None:
+    """Write the safetensors format with a deterministic header, and fsync it.
 
     ``safetensors.torch.save_file`` writes its metadata in hash-map order, so two saves
     of the same model differ in bytes. This writer sorts the header, streams each
     tensor's memory to disk without copying it, and is read by the safetensors library.
+    ``digests`` (name -> sha256 of the tensor's bytes, e.g. from the report) give the
+    file's digest for the build folder's manifest without another pass over the data.
     """
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -227,34 +231,21 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         offset += size
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
-    _write_durably(path, [struct.pack("<Q", len(blob)) + blob, *(raw_bytes(t) for t in tensors.values())])
-
-
-_PIECE = 32 << 20  # bytes written (and hashed) at a time
+    head = struct.pack("<Q", len(blob)) + blob
+    _write_durably(path, [head, *(raw_bytes(t) for t in tensors.values())])
+    in_file_order = sorted(tensors, key=lambda n: header[n]["data_offsets"])
+    sums = [(digests or {}).get(n) or sha256_of(tensors[n]) for n in in_file_order]
+    remember_digest(path, tensors_digest(head, sums))
 
 
 def _write_durably(path: Path, parts: list[bytes | memoryview]) -> None:
-    """Write ``parts`` to ``path`` and fsync it; the file's sha256 is taken on the way.
-
-    A helper thread hashes the pieces in order while this one writes the next ones and
-    then waits for the disk (hashlib, writes and fsync release the GIL), so the digest
-    costs no extra pass over the data; the build folder's manifest need not read the
-    file again.
-    """
-    digest = hashlib.sha256()
-    with open(path, "wb", buffering=0) as f, ThreadPoolExecutor(max_workers=1) as hasher:
-        hashed = []
+    """Write ``parts`` to ``path`` and fsync it."""
+    with open(path, "wb", buffering=0) as f:
         for part in parts:
             view = memoryview(part).cast("B")
-            for begin in range(0, len(view), _PIECE):
-                piece = view[begin : begin + _PIECE]
-                hashed.append(hasher.submit(digest.update, piece))  # one worker: in order
-                while piece:  # a write may take less than asked (e.g. above 2 GiB on Linux)
-                    piece = piece[f.write(piece) :]
+            while view:  # a write may take less than asked (e.g. above 2 GiB on Linux)
+                view = view[f.write(view) :]
         os.fsync(f.fileno())
-        for h in hashed:
-            h.result()
-    remember_digest(path, digest.hexdigest())
 
 
 # ------------------------------------------------------------------ reading and verifying

@@ -328,3 +328,23 @@ def test_a_shard_changed_after_opening_is_caught_by_its_checksum(template: Path,
     with pytest.raises(CheckpointError) as e:
         ckpt.load_into(modelspec.build(SPEC))
     assert e.value.code == "checksum-mismatch"
+
+
+# ------------------------------------------------------------------ the manifest's digest of checkpoint files
+@pytest.mark.parametrize("limit", [None, LIMIT])
+def test_a_copied_folder_is_still_replaced_and_an_edited_shard_is_not(tmp_path: Path, limit: int | None) -> None:
+    """Checkpoint files carry a digest built from their tensors' checksums: a copy (new times,
+    same bytes) is recognised as modelspec's, a same-size edit is not."""
+    out = modelspec.write_build(SPEC, tmp_path / "b", max_shard_size=limit).out
+    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    checkpoint_files = [n for n in manifest if n.endswith(".safetensors")]
+    assert checkpoint_files and all(manifest[n]["digest"] == "safetensors-tensors" for n in checkpoint_files)
+    copied = tmp_path / "copy"
+    copied.mkdir()
+    for p in out.iterdir():
+        (copied / p.name).write_bytes(p.read_bytes())  # new modification times: the digests decide
+    modelspec.write_build(SPEC, copied, max_shard_size=limit)
+    flip_last_byte(copied / checkpoint_files[-1])  # same size, new time, other bytes
+    with pytest.raises(modelspec.BuildDirError) as e:
+        modelspec.write_build(SPEC, copied, max_shard_size=limit)
+    assert e.value.code == "in-the-way"
