@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import safetensors
 import torch
 import torch.nn as nn
 
 from ._build import DTYPES, BuildInfo, build_module, example_specs
-from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
+from ._checkpoint import CHECKPOINT_FILE, Checkpoint, find_checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._distributed import is_sharded, on_rank0
@@ -31,6 +30,7 @@ from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
+from ._shards import INDEX_SUFFIX, parse_size
 from ._spec import Spec
 from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
 from ._validate import Overrides, SpecSource, compile_spec, validate
@@ -218,7 +218,19 @@ def _skeleton(module: nn.Module, spec: SpecSource | None) -> nn.Module:
 
 
 # ------------------------------------------------------------------ build folders
-def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progress | None = None) -> Report:
+#: bytes, or text like ``"5GB"``, ``"500MB"``, ``"2GiB"``
+ShardSize = int | str
+
+
+def _write_folder(
+    module: nn.Module,
+    info: BuildInfo,
+    out: Path,
+    progress: Progress | None = None,
+    max_shard_size: ShardSize | None = None,
+) -> Report:
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # a bad size is refused before the costly report
     rep = inventory(module, info, progress=progress)
     spec_text = _resolved_header(info.spec) + dump_yaml(info.spec.to_data())
     with atomic_dir(out, keep=_spec_files(info.spec)) as tmp:
@@ -226,7 +238,7 @@ def _write_folder(module: nn.Module, info: BuildInfo, out: Path, progress: Progr
         fault_point("wrote-spec")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
         save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes,
-                        transfers=info.transfers)  # fmt: skip
+                        transfers=info.transfers, max_shard_size=max_shard_size)  # fmt: skip
         fault_point("wrote-checkpoint")
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")
@@ -266,12 +278,17 @@ def write_build(
     dtype: torch.dtype | str | None = None,
     progress: Progress | None = None,
     overrides: Overrides | None = None,
+    max_shard_size: ShardSize | None = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
 
     Nothing is left behind on error: the folder appears complete or not at all. An
     existing ``out`` is replaced only if it is empty or holds nothing but the files a
     previous build wrote there (as its ``manifest.json`` lists them, unchanged).
+
+    ``max_shard_size`` (bytes, or ``"5GB"``, ``"500MB"``, ``"2GiB"``): a checkpoint whose
+    tensors take more is written as ``model-00001-of-0000N.safetensors`` ... plus
+    ``model.safetensors.index.json``; by default it is always one ``model.safetensors``.
 
     Raises:
         BuildDirError: ``out`` is in the way; codes ``not-a-build-folder`` (not written by
@@ -284,10 +301,12 @@ def write_build(
         )
     resolved = compile_spec(source, overrides=overrides)
     dt = _parse_dtype(dtype)
+    if max_shard_size is not None:
+        parse_size(max_shard_size)  # refuse a bad size before the costly build
     recover(out)
     check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
     module = _build(resolved, device, dt)
-    rep = _write_folder(module, _INFO[module], Path(out), progress)
+    rep = _write_folder(module, _INFO[module], Path(out), progress, max_shard_size)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)
 
 
@@ -296,21 +315,30 @@ def _folder_spec(build_dir: Path) -> Resolved:
     spec_path = build_dir / SPEC_FILE
     if not build_dir.is_dir():
         raise BuildDirError(f"{build_dir} is not a folder", code="not-a-folder")
-    if not spec_path.is_file() or not (build_dir / CHECKPOINT_FILE).is_file():
+    if not spec_path.is_file() or find_checkpoint(build_dir) is None:
         raise BuildDirError(
-            f"{build_dir} is not a modelspec build folder (needs {SPEC_FILE} and {CHECKPOINT_FILE})",
+            f"{build_dir} is not a modelspec build folder (needs {SPEC_FILE} and {CHECKPOINT_FILE}, "
+            f"or the {CHECKPOINT_FILE}{INDEX_SUFFIX} of its shards)",
             code="not-a-build-folder",
         )
     return compile_spec(spec_path)
 
 
-def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSource | None = None) -> Path:
+def save(
+    module: nn.Module,
+    build_dir: str | os.PathLike[str],
+    *,
+    spec: SpecSource | None = None,
+    max_shard_size: ShardSize | None = None,
+) -> Path:
     """Write a build folder for ``module``'s current values (e.g. after training).
 
     The spec comes from ``spec=``, else from the module's own build (kept through
     ``copy.deepcopy`` and pickling), else from ``build_dir/spec.yaml``. A model wrapped by
     ``torch.compile``, DDP or DataParallel is saved as the model inside. The module must
-    still have exactly the tensors and ties its spec declares.
+    still have exactly the tensors and ties its spec declares. ``max_shard_size``: as for
+    :func:`write_build`; the folder is replaced whole, so shards of an earlier save never
+    survive.
 
     Raises:
         TieMismatchError: sharing, names or shapes no longer match the spec: ``tie-mismatch``
@@ -325,7 +353,13 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
     module = unwrap(module)  # torch.compile / DDP: save the model inside, under its own names
     if is_sharded(module):
         # rank 0 writes the folder from the gathered values; every rank returns its path
-        return on_rank0(module, lambda: _skeleton(module, spec), lambda p: save(p, build_dir, spec=spec), str, Path)
+        return on_rank0(
+            module,
+            lambda: _skeleton(module, spec),
+            lambda p: save(p, build_dir, spec=spec, max_shard_size=max_shard_size),
+            str,
+            Path,
+        )
     out = Path(build_dir)
     recover(out)
     info = _INFO.get(module)
@@ -351,7 +385,7 @@ def save(module: nn.Module, build_dir: str | os.PathLike[str], *, spec: SpecSour
         # of a tied tensor comes first), or it computes a transposed tie in its own forward:
         # write the values as the spec's model holds them.
         module = _in_spec_order(module, expected, resolved.spec)
-    _write_folder(module, info, out)
+    _write_folder(module, info, out, max_shard_size=max_shard_size)
     return out
 
 
@@ -518,7 +552,7 @@ def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu
     """Rebuild a model from a build folder and load its weights.
 
     Rebuilds from the folder's resolved spec (so every tie comes back as object
-    identity) and loads ``model.safetensors`` without pickle. Before anything is
+    identity) and loads ``model.safetensors`` (or its shards) without pickle. Before anything is
     allocated it verifies the checkpoint's header and metadata (every field present,
     their digest, each tensor's recorded dtype and shape, the data layout), that it was
     written for this spec.yaml, and its tie map, names and shapes against the model;
@@ -534,7 +568,10 @@ def load(build_dir: str | os.PathLike[str], *, device: str | torch.device = "cpu
 def _load(folder: Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
     """``load``, also returning the verified checkpoint (its metadata need not be read again)."""
     resolved = _folder_spec(folder)
-    ckpt = open_checkpoint(folder / CHECKPOINT_FILE)  # header and metadata only: no tensor data yet
+    path = find_checkpoint(folder)
+    if path is None:  # removed since _folder_spec looked
+        raise BuildDirError(f"{folder} has no {CHECKPOINT_FILE}", code="not-a-build-folder")
+    ckpt = open_checkpoint(path)  # header and metadata only (of every shard): no tensor data yet
     ckpt.check_spec(resolved.spec.sha256)  # an edited spec.yaml (say, an enormous layer) stops here
     skeleton = _build(resolved, "meta", None, transfer=False)  # the values come from the checkpoint
     ckpt.check_structure(skeleton)  # ties, names, shapes: still nothing allocated
@@ -657,8 +694,7 @@ def open_target(
         module, ckpt = _load(p, torch.device("cpu"))
 
         def weights(name: str) -> torch.Tensor:
-            with safetensors.safe_open(str(ckpt.path), framework="pt") as f:
-                return f.get_tensor(name)
+            return ckpt.read([name])[name]  # only that tensor, from its shard, checksum verified
 
         # load_into just checked every sha256: not computed again
         rep = inventory(module, _INFO.get(module), progress=progress, known_hashes=ckpt.sha256)

@@ -26,23 +26,34 @@ recorded dtypes and shapes, and that their data lie back to back and fill the fi
 Loading then checks each tensor's sha256. This is integrity (accidents, truncation,
 naive edits), not authenticity: whoever can write the file can write a consistent one.
 
+Past ``max_shard_size`` the tensors go into shards (see :mod:`modelspec._shards`):
+``model-00001-of-00003.safetensors`` ... and ``model.safetensors.index.json``, whose
+``metadata`` holds the fields above plus ``total_size`` and whose ``weight_map`` maps
+each stored tensor to its shard. ``metadata_sha256`` then also covers the weight map and
+``total_size``, and each shard's own metadata holds only ``format``, ``format_version``
+and ``checkpoint_sha256`` (that digest): a shard of another save, stale or swapped in,
+is refused (``shard-mismatch``), and every shard's header is checked as a single file's
+is. Shards are read with ``safetensors.safe_open``, only the tensors needed.
+
 Error codes (``CheckpointError.code``): ``unreadable``, ``not-modelspec``,
 ``old-format``, ``unsupported-format``, ``metadata-missing``, ``metadata-damaged``,
 ``metadata-mismatch``, ``names-mismatch``, ``dtype-mismatch``, ``shape-mismatch``,
 ``layout-mismatch``, ``spec-mismatch``, ``tie-mismatch``, ``checksum-mismatch``,
-``unsupported-dtype``.
+``unsupported-dtype``; for shards also ``shard-missing``, ``shard-mismatch``, and
+``ambiguous`` (a folder with both a single file and an index).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +63,8 @@ import torch
 import torch.nn as nn
 
 from ._errors import CheckpointError
+from ._files import remember_digest, tensors_digest
+from ._shards import INDEX_SUFFIX, index_path, parse_size, plan_shards, shard_name, shard_number
 from ._stats import raw_bytes, sha256_of
 from ._ties import OUTSIDE, transposed_map
 from ._transfer import Transfer, transfers_of, transfers_to_json
@@ -62,6 +75,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "Checkpoint",
+    "find_checkpoint",
     "load_checkpoint",
     "metadata_digest",
     "open_checkpoint",
@@ -78,6 +92,10 @@ FORMAT_VERSION = "2"
 FIELDS = ("format", "format_version", "modelspec_version", "spec_sha256", "ties", "tensors", "sha256", "frozen")
 #: covered by ``metadata_sha256`` when present; absent means empty (files written before it)
 OPTIONAL_FIELDS = ("transposed_ties", "transfers")
+#: also covered by ``metadata_sha256`` in a sharded checkpoint (canonical JSON and decimal text)
+SHARD_FIELDS = ("weight_map", "total_size")
+#: the whole metadata of each shard besides ``format`` and ``format_version``
+SHARD_DIGEST = "checkpoint_sha256"
 DIGEST = "metadata_sha256"
 _MAX_HEADER = 100_000_000  # the safetensors library's own limit
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -89,6 +107,7 @@ _ST_DTYPES = {
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }  # fmt: skip
 _ITEMSIZE = {name: dt.itemsize for dt, name in _ST_DTYPES.items()}
+_TORCH_DTYPES = {name: dt for dt, name in _ST_DTYPES.items()}
 _FLOATING = {name for dt, name in _ST_DTYPES.items() if dt.is_floating_point}
 
 
@@ -108,9 +127,9 @@ def unique_state(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 def metadata_digest(meta: Mapping[str, str]) -> str:
     """sha256 of the canonical JSON of the fields in ``FIELDS`` (all must be present) and
-    of those in ``OPTIONAL_FIELDS`` that are present."""
+    of those in ``OPTIONAL_FIELDS`` and ``SHARD_FIELDS`` that are present."""
     record = {k: meta[k] for k in FIELDS}
-    record.update({k: meta[k] for k in OPTIONAL_FIELDS if k in meta})
+    record.update({k: meta[k] for k in (*OPTIONAL_FIELDS, *SHARD_FIELDS) if k in meta})
     return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
@@ -127,15 +146,20 @@ def save_checkpoint(
     spec_sha256: str,
     hashes: dict[str, str] | None = None,
     transfers: tuple[Transfer, ...] = (),
+    max_shard_size: int | str | None = None,
 ) -> dict[str, str]:
     """Write ``module``'s unique tensors to ``path``; return the metadata written.
 
     ``spec_sha256`` is the canonical hash of the spec the module was built from.
     ``hashes`` (canonical name -> sha256) may come from a report computed just before,
     to avoid hashing twice. ``transfers``: what init rules took from other build folders.
+    ``max_shard_size`` (bytes, or text like ``"5GB"``): when the tensor data exceed it, they
+    are written as shards beside ``path`` with an index file instead of ``path`` itself.
+    Every file is on disk (fsync) when this returns.
     """
     if not _HEX64.fullmatch(spec_sha256 or ""):
         raise CheckpointError(f"a checkpoint needs the spec's sha256, got {spec_sha256!r}", code="metadata-missing")
+    limit = parse_size(max_shard_size) if max_shard_size is not None else None
     tensors, ties = unique_state(module)
     transposed = transposed_map(module)
     outside = sorted(n for n, source in transposed.items() if source.startswith(OUTSIDE))
@@ -165,17 +189,39 @@ def save_checkpoint(
         metadata["transposed_ties"] = json.dumps(transposed, sort_keys=True)
     if transfers:  # written only when there are some: other checkpoints stay as they were
         metadata["transfers"] = transfers_to_json(transfers)
-    metadata[DIGEST] = metadata_digest(metadata)
-    write_safetensors(path, data, metadata)
+    sizes = [(name, t.numel() * t.element_size()) for name, t in data.items()]
+    total = sum(size for _, size in sizes)
+    if limit is None or total <= limit:
+        metadata[DIGEST] = metadata_digest(metadata)
+        write_safetensors(path, data, metadata, digests)
+        return metadata
+    shards = plan_shards(sizes, limit)
+    files = [shard_name(path, i + 1, len(shards)) for i in range(len(shards))]
+    weight_map = {name: file for names, file in zip(shards, files, strict=True) for name in names}
+    metadata[DIGEST] = metadata_digest({**metadata, **_shard_fields(weight_map, total)})
+    for names, file in zip(shards, files, strict=True):
+        shard_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, SHARD_DIGEST: metadata[DIGEST]}
+        write_safetensors(path.parent / file, {n: data[n] for n in names}, shard_meta, digests)
+    index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+    _write_durably(index_path(path), [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")])
     return metadata
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write the safetensors format with a deterministic header.
+def _shard_fields(weight_map: dict[str, str], total: int) -> dict[str, str]:
+    """The index's weight map and total size as the metadata digest covers them."""
+    return {"weight_map": json.dumps(weight_map, sort_keys=True, separators=(",", ":")), "total_size": str(total)}
+
+
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], digests: Mapping[str, str] | None = None
+) -> None:
+    """Write the safetensors format with a deterministic header, and fsync it.
 
     ``safetensors.torch.save_file`` writes its metadata in hash-map order, so two saves
     of the same model differ in bytes. This writer sorts the header, streams each
     tensor's memory to disk without copying it, and is read by the safetensors library.
+    ``digests`` (name -> sha256 of the tensor's bytes, e.g. from the report) give the
+    file's digest for the build folder's manifest without another pass over the data.
     """
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
@@ -185,17 +231,34 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         offset += size
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)))
-        f.write(blob)
-        for t in tensors.values():
-            f.write(raw_bytes(t))
+    head = struct.pack("<Q", len(blob)) + blob
+    _write_durably(path, [head, *(raw_bytes(t) for t in tensors.values())])
+    in_file_order = sorted(tensors, key=lambda n: header[n]["data_offsets"])
+    sums = [(digests or {}).get(n) or sha256_of(tensors[n]) for n in in_file_order]
+    remember_digest(path, tensors_digest(head, sums))
+
+
+def _write_durably(path: Path, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` to ``path`` and fsync it."""
+    with open(path, "wb", buffering=0) as f:
+        for part in parts:
+            view = memoryview(part).cast("B")
+            while view:  # a write may take less than asked (e.g. above 2 GiB on Linux)
+                view = view[f.write(view) :]
+        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------ reading and verifying
 class _Record(NamedTuple):
     dtype: str  # the safetensors name: "F32", "BF16", ...
     shape: tuple[int, ...]
+
+
+class _FileLayout(NamedTuple):
+    """What was verified of one file: its exact header bytes and where each tensor lies."""
+
+    header: bytes  # the 8-byte length and the JSON header, as read
+    offsets: dict[str, tuple[int, int]]  # name -> (begin, end) in the data after the header
 
 
 @dataclass(frozen=True)
@@ -210,6 +273,12 @@ class Checkpoint:
     frozen: frozenset[str]
     transposed: dict[str, str]  # parameter read transposed -> canonical name of its source
     transfers: tuple[Transfer, ...] = ()  # what init rules took from other build folders
+    #: each file holding tensors (``path`` itself, or the shards) -> its verified header
+    files: dict[Path, _FileLayout] = field(default_factory=dict)
+
+    def file_of(self, name: str) -> Path:
+        """The file that holds the stored tensor ``name`` (canonical)."""
+        return next(p for p, layout in self.files.items() if name in layout.offsets)
 
     def check_spec(self, spec_sha256: str) -> None:
         """Refuse a checkpoint written for another spec (code ``spec-mismatch``)."""
@@ -251,37 +320,107 @@ class Checkpoint:
     def load_into(self, module: nn.Module) -> None:
         """Copy the tensors into ``module`` in place after checking every sha256.
 
-        ``module`` is unchanged when anything does not match.
+        ``module`` is unchanged when anything does not match. A tensor of ``module`` on
+        the CPU then takes the verified memory (``.data``: the same object, so every tie
+        holds); one on another device gets it copied. Like ``safetensors.torch.load_file``,
+        the CPU tensors use the file's pages copy-on-write: replacing the file (as a
+        build does, by renaming) is safe, truncating it in place while they live is not.
         """
         self.check_structure(module)
         targets, _ = unique_state(module)
-        try:
-            data = safetensors.torch.load_file(str(self.path))
-        except (OSError, safetensors.SafetensorError) as e:
-            raise CheckpointError(f"{self.path}: cannot read the tensors: {e}", code="unreadable") from e
-        # the file as read must be the one whose header was checked (it may change in between)
-        if set(data) != set(self.tensors) or any(
-            _ST_DTYPES.get(t.dtype) != self.tensors[n].dtype or tuple(t.shape) != self.tensors[n].shape
-            for n, t in data.items()
-        ):
-            raise CheckpointError(f"{self.path}: the file changed while it was being loaded", code="unreadable")
-        names = sorted(data)
-        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: verify in parallel
-            hashes = dict(zip(names, pool.map(lambda n: sha256_of(data[n]), names), strict=True))
-        bad = [n for n in names if hashes[n] != self.sha256[n]]
-        if bad:
-            raise CheckpointError(
-                f"{self.path}: checksum mismatch in {len(bad)} tensor(s), e.g. '{bad[0]}': the file is damaged",
-                code="checksum-mismatch",
-            )
+        data = self._read_verified()
         with torch.no_grad():
             for name, src in data.items():
                 dst = targets[name]
-                if dst.dtype != src.dtype:  # e.g. a bfloat16 or mixed-precision save of a float32 spec
-                    dst.data = torch.empty(src.shape, dtype=src.dtype, device=dst.device)  # keeps the object
-                dst.copy_(src)
+                if dst.device.type == "cpu" and dst._base is None:  # a view must keep sharing its base
+                    dst.data = src
+                else:
+                    if dst.dtype != src.dtype:  # e.g. a bfloat16 or mixed-precision save of a float32 spec
+                        dst.data = torch.empty(src.shape, dtype=src.dtype, device=dst.device)  # keeps the object
+                    dst.copy_(src)
                 if isinstance(dst, nn.Parameter):
                     dst.requires_grad_(name not in self.frozen)
+
+    def _read_verified(self) -> dict[str, torch.Tensor]:
+        """Every stored tensor, from the files whose headers were verified, sha256 checked.
+
+        As ``safetensors.torch.load_file`` does, each file is mapped copy-on-write: the
+        tensors use the file's pages (nothing is copied; writing to a tensor copies its
+        pages, never changes the file) and are hashed straight from them on all usable
+        cores. A tensor whose offset does not suit its dtype's alignment is copied.
+        """
+        data: dict[str, torch.Tensor] = {}
+        futures = {}
+        with ThreadPoolExecutor(max_workers=usable_cores()) as pool:  # hashlib releases the GIL
+            for path, layout in self.files.items():
+                start = len(layout.header)
+                end = start + max((e for _, e in layout.offsets.values()), default=0)
+                try:
+                    with open(path, "rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+                except (OSError, ValueError) as e:
+                    raise _fail(path, "unreadable", f"cannot read the tensors: {e}") from e
+                # the file as mapped must be the one whose header was checked (it may change in between)
+                if mapped is None or size != end or mapped[:start] != layout.header:
+                    raise _fail(path, "unreadable", "the file changed while it was being loaded")
+                view = memoryview(mapped)
+                for name, (begin, stop) in layout.offsets.items():
+                    rec = self.tensors[name]
+                    futures[name] = pool.submit(_hex_sha256, view[start + begin : start + stop])
+                    data[name] = _tensor_at(mapped, start + begin, stop - begin, rec)
+            bad = sorted(n for n, fut in futures.items() if fut.result() != self.sha256[n])
+        if bad:
+            raise CheckpointError(
+                f"{self.file_of(bad[0])}: checksum mismatch in {len(bad)} tensor(s), e.g. '{bad[0]}': "
+                "the file is damaged",
+                code="checksum-mismatch",
+            )
+        return data
+
+    def read(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The stored tensors ``names`` (canonical), each checked against its sha256.
+
+        Reads only those tensors, with ``safetensors.safe_open`` on the file(s) holding them.
+        """
+        out: dict[str, torch.Tensor] = {}
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.file_of(name), []).append(name)
+        for path, wanted in by_file.items():
+            try:
+                with safetensors.safe_open(str(path), framework="pt") as f:
+                    for name in wanted:
+                        out[name] = f.get_tensor(name)
+            except (OSError, safetensors.SafetensorError) as e:
+                raise _fail(path, "unreadable", f"cannot read the tensors: {e}") from e
+            for name in wanted:
+                t, rec = out[name], self.tensors[name]
+                if _ST_DTYPES.get(t.dtype) != rec.dtype or tuple(t.shape) != rec.shape:
+                    raise _fail(path, "unreadable", "the file changed after it was opened")
+                if sha256_of(t) != self.sha256[name]:
+                    raise _fail(path, "checksum-mismatch", f"checksum mismatch in '{name}': the file is damaged")
+        return out
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _hex_sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_at(mapped: mmap.mmap, offset: int, nbytes: int, rec: _Record) -> torch.Tensor:
+    """The tensor ``rec`` describes at ``offset`` of a copy-on-write file mapping."""
+    dtype = _TORCH_DTYPES[rec.dtype]
+    if nbytes and offset % dtype.itemsize == 0:
+        return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset).view(rec.shape)
+    t = torch.empty(rec.shape, dtype=dtype)  # empty, or not aligned for its dtype (after an odd-sized tensor)
+    if nbytes:
+        raw_bytes(t)[:] = memoryview(mapped)[offset : offset + nbytes]
+    return t
 
 
 def _fail(path: Path, code: str, message: str) -> CheckpointError:
@@ -299,8 +438,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header and the number of bytes after it."""
+def _read_header(path: Path) -> tuple[dict[str, Any], int, bytes]:
+    """The parsed JSON header, the number of bytes after it, and the header's bytes as read."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -313,13 +452,19 @@ def _read_header(path: Path) -> tuple[dict[str, Any], int]:
             blob = f.read(n)
     except OSError as e:
         raise _fail(path, "unreadable", f"cannot read: {e.strerror or e}") from e
+    header = _parse_json(path, blob, "the safetensors header")
+    return header, size - 8 - n, prefix + blob
+
+
+def _parse_json(path: Path, blob: bytes, what: str) -> dict[str, Any]:
+    """A JSON object from ``blob``: no duplicate keys, no NaN; else ``unreadable``."""
     try:
-        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as e:
-        raise _fail(path, "unreadable", f"the safetensors header is not valid JSON: {e}") from e
-    if not isinstance(header, dict):
-        raise _fail(path, "unreadable", "the safetensors header is not a JSON object")
-    return header, size - 8 - n
+        raise _fail(path, "unreadable", f"{what} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise _fail(path, "unreadable", f"{what} is not a JSON object")
+    return value
 
 
 def _ints(value: Any) -> bool:
@@ -398,15 +543,42 @@ def _is_record(r: Any) -> bool:
     return isinstance(r, dict) and set(r) == {"dtype", "shape"} and r["dtype"] in _ITEMSIZE and _ints(r["shape"])
 
 
+def find_checkpoint(folder: Path) -> Path | None:
+    """The checkpoint of a build folder: ``model.safetensors``, or the index of its shards.
+
+    Raises:
+        CheckpointError: ``ambiguous`` when the folder holds both.
+    """
+    single, index = folder / CHECKPOINT_FILE, index_path(folder / CHECKPOINT_FILE)
+    if single.is_file() and index.is_file():
+        raise CheckpointError(
+            f"{folder} holds both {single.name} and {index.name}: keep the one that belongs to spec.yaml",
+            code="ambiguous",
+        )
+    return single if single.is_file() else index if index.is_file() else None
+
+
 def open_checkpoint(path: Path) -> Checkpoint:
     """Read and verify a checkpoint's header and metadata (no tensor data is read).
+
+    ``path`` is a ``.safetensors`` file or the ``.index.json`` of a sharded checkpoint,
+    whose shards' headers are all verified too.
 
     Raises:
         CheckpointError: with the code of the first problem found (see the module docstring).
     """
-    header, data_size = _read_header(path)
+    if path.name.endswith(INDEX_SUFFIX):
+        return _open_sharded(path)
+    header, data_size, raw = _read_header(path)
     meta = _check_format(path, header.pop("__metadata__", None))
     entries = _entries(path, header)
+    ckpt = _verified_metadata(path, meta, meta)
+    _check_header(path, entries, ckpt.tensors, data_size)
+    return replace(ckpt, files={path: _FileLayout(raw, {n: (b, e) for n, (_, _, b, e) in entries.items()})})
+
+
+def _verified_metadata(path: Path, meta: dict[str, str], covered: dict[str, str]) -> Checkpoint:
+    """The checkpoint ``meta`` describes, every field checked; ``covered``: what its digest covers."""
     ties = _json_field(path, meta, "ties", _str_map)
     records = _json_field(path, meta, "tensors", lambda v: isinstance(v, dict) and all(map(_is_record, v.values())))
     sums = _json_field(path, meta, "sha256", lambda v: _str_map(v) and all(map(_HEX64.fullmatch, v.values())))
@@ -420,13 +592,63 @@ def open_checkpoint(path: Path) -> Checkpoint:
         raise _fail(path, "metadata-damaged", "damaged metadata: 'tensors', 'sha256', 'frozen' and 'ties' disagree")
     if not set(transposed.values()) <= set(records) or set(transposed) & (set(records) | set(ties)):
         raise _fail(path, "metadata-damaged", "damaged metadata: 'transposed_ties' disagrees with 'tensors' and 'ties'")
-    if metadata_digest(meta) != meta[DIGEST]:
+    if metadata_digest(covered) != meta[DIGEST]:
         raise _fail(path, "metadata-mismatch", "the metadata was edited after it was written (its digest differs)")
     tensors = {n: _Record(r["dtype"], tuple(r["shape"])) for n, r in records.items()}
-    _check_header(path, entries, tensors, data_size)
     if any(t.name not in records and t.name not in ties for r in transfers for t in r.tensors):
         raise _fail(path, "metadata-damaged", "damaged metadata: 'transfers' names a tensor that is not there")
     return Checkpoint(path, meta, ties, tensors, sums, frozenset(frozen), transposed, transfers)
+
+
+def _open_sharded(index: Path) -> Checkpoint:
+    """Verify a sharded checkpoint: the index as a single file's metadata, then each shard's header."""
+    try:
+        with open(index, "rb") as f:
+            blob = f.read(_MAX_HEADER + 1)
+    except OSError as e:
+        raise _fail(index, "unreadable", f"cannot read: {e.strerror or e}") from e
+    if len(blob) > _MAX_HEADER:
+        raise _fail(index, "unreadable", f"an index of over {_MAX_HEADER} bytes is not a checkpoint index")
+    doc = _parse_json(index, blob, "the index")
+    if set(doc) != {"metadata", "weight_map"} or not isinstance(doc["metadata"], dict):
+        raise _fail(index, "unreadable", "not a checkpoint index (it needs exactly 'metadata' and 'weight_map')")
+    meta = dict(doc["metadata"])
+    total = meta.pop("total_size", None)
+    meta = _check_format(index, meta)
+    weight_map = doc["weight_map"]
+    if type(total) is not int or total < 0:
+        raise _fail(index, "metadata-damaged", "damaged metadata 'total_size': not a byte count")
+    checkpoint = index.with_name(index.name.removesuffix(INDEX_SUFFIX))
+    numbers = {f: shard_number(checkpoint, f) for f in set(weight_map.values())} if _str_map(weight_map) else {}
+    if (
+        not numbers
+        or None in numbers.values()
+        or sorted(numbers.values()) != [(i + 1, len(numbers)) for i in range(len(numbers))]
+    ):
+        raise _fail(index, "metadata-damaged", f"damaged 'weight_map': it must map each tensor to one of the shards "
+                    f"{shard_name(checkpoint, 1, len(numbers) or 1)} ...")  # fmt: skip
+    ckpt = _verified_metadata(index, meta, {**meta, **_shard_fields(weight_map, total)})
+    if set(weight_map) != set(ckpt.tensors):
+        missing, extra = sorted(set(ckpt.tensors) - set(weight_map)), sorted(set(weight_map) - set(ckpt.tensors))
+        raise _fail(index, "names-mismatch", f"the weight map's tensors differ from the metadata's: "
+                    f"missing {missing[:5]}, unexpected {extra[:5]}")  # fmt: skip
+    if total != sum(_ITEMSIZE[r.dtype] * _numel(r.shape) for r in ckpt.tensors.values()):
+        raise _fail(index, "metadata-damaged", "damaged metadata: 'total_size' is not the size of the tensors")
+    expected = {"format": FORMAT, "format_version": FORMAT_VERSION, SHARD_DIGEST: meta[DIGEST]}
+    files = {}
+    for file in sorted(numbers):
+        shard = index.parent / file
+        if not shard.is_file():
+            raise _fail(shard, "shard-missing", f"shard {file} of {index.name} is missing")
+        header, data_size, raw = _read_header(shard)
+        if header.pop("__metadata__", None) != expected:
+            raise _fail(shard, "shard-mismatch", f"not a shard of {index.name} (it belongs to another save, or was "
+                        "edited): rebuild, or restore the shards written with this index")  # fmt: skip
+        entries = _entries(shard, header)
+        mine = {n: r for n, r in ckpt.tensors.items() if weight_map[n] == file}
+        _check_header(shard, entries, mine, data_size)
+        files[shard] = _FileLayout(raw, {n: (b, e) for n, (_, _, b, e) in entries.items()})
+    return replace(ckpt, files=files)
 
 
 def _check_header(

@@ -16,6 +16,8 @@ Rules:
   writing, again right before the swap, and once more on the moved-away old folder.
 - An old build's files are removed only when its manifest vouches for them, a temp
   folder's only when its writer.json proves it ours; folders only ever with rmdir.
+- Every file and the folder itself are on disk (fsync) before the folder is renamed into
+  place, and the parent after: a crash leaves the old complete folder or the new one.
 - SIGINT/SIGTERM while writing remove the temp folder, then act as they would have.
 - A killed writer leaves at worst its wrappers (``writer.json`` names its pid, host and
   start time). :func:`recover`, run by the next build or load of ``out``, puts the old
@@ -31,6 +33,7 @@ import json
 import os
 import re
 import socket
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,6 +50,8 @@ __all__ = [
     "check_target",
     "make_folder",
     "recover",
+    "remember_digest",
+    "tensors_digest",
 ]
 
 #: Written last into every build folder: each file modelspec wrote, with its size and sha256.
@@ -54,6 +59,9 @@ MANIFEST_FILE = "manifest.json"
 _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
 _VERIFIED: set[tuple[object, ...]] = set()  # files whose sha256 matched, by identity and times
+_WRITTEN: dict[tuple[int, ...], str] = {}  # tensor digests of files this process just wrote, by identity and times
+#: the manifest's ``digest`` of a safetensors file: see :func:`tensors_digest`
+TENSORS_DIGEST = "safetensors-tensors"
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
 
 
@@ -136,16 +144,92 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def tensors_digest(head: bytes, tensor_sha256: Iterable[str]) -> str:
+    """A safetensors file's digest: sha256 over its length prefix and header, then over the
+    sha256 of each tensor's bytes in file order (as hex pairs, 32 bytes each).
+
+    The header fixes where each tensor lies and that they fill the file, so this digest
+    determines the file's bytes as a plain sha256 does; the writer computes it from the
+    checksums it already has, without another pass over the data.
+    """
+    h = hashlib.sha256(head)
+    for digest in tensor_sha256:
+        h.update(bytes.fromhex(digest))
+    return h.hexdigest()
+
+
+def _tensors_digest_of(path: Path) -> str | None:
+    """:func:`tensors_digest` of the safetensors file at ``path``; None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            (n,) = struct.unpack("<Q", prefix)
+            if n > 100_000_000:
+                return None
+            blob = f.read(n)
+            header = json.loads(blob)
+            entries = [e for k, e in header.items() if k != "__metadata__"]
+            regions = sorted((e["data_offsets"][0], e["data_offsets"][1]) for e in entries)
+            sums = []
+            for begin, end in regions:
+                f.seek(8 + n + begin)
+                h, left = hashlib.sha256(), end - begin
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        return None
+                    h.update(chunk)
+                    left -= len(chunk)
+                sums.append(h.hexdigest())
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error):
+        return None
+    return tensors_digest(prefix + blob, sums)
+
+
+def remember_digest(path: Path, digest: str) -> None:
+    """Note the :func:`tensors_digest` of a safetensors file just written and synced: the
+    manifest records it instead of reading the file again."""
+    _WRITTEN[_identity(os.stat(path))] = digest
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; best effort (some file systems refuse it)."""
+    with contextlib.suppress(OSError):
+        _fsync(folder)
+
+
 def _write_manifest(folder: Path) -> None:
-    """Record every file in ``folder`` (all written by this process just now)."""
+    """Record every file in ``folder`` (all written by this process just now), and sync them all."""
     files: dict[str, dict[str, Any]] = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file(follow_symlinks=False):
             raise BuildDirError(f"internal: {entry.path} is not a regular file", code="not-a-file")
         st = entry.stat(follow_symlinks=False)
-        files[entry.name] = {"bytes": st.st_size, "sha256": _sha256(Path(entry.path)), "mtime_ns": st.st_mtime_ns}
+        known = _WRITTEN.pop(_identity(st), None)  # a checkpoint file: its writer gave its digest (and synced it)
+        if known is None:
+            _fsync(Path(entry.path))
+            files[entry.name] = {"bytes": st.st_size, "sha256": _sha256(Path(entry.path)), "mtime_ns": st.st_mtime_ns}
+        else:
+            files[entry.name] = {"bytes": st.st_size, "sha256": known, "digest": TENSORS_DIGEST,
+                                 "mtime_ns": st.st_mtime_ns}  # fmt: skip
     doc = {"written_by": _WRITTEN_BY, "format": 1, "files": files}
-    (folder / MANIFEST_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    _sync_folder(folder)
 
 
 def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
@@ -167,6 +251,7 @@ def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
             or not isinstance(rec, dict)
             or not all(isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in ("bytes", "mtime_ns"))
             or not isinstance(rec.get("sha256"), str)
+            or rec.get("digest", TENSORS_DIGEST) != TENSORS_DIGEST
         ):
             return None
     return files
@@ -190,7 +275,8 @@ def _why_not_ours(entry: os.DirEntry[str], record: dict[str, Any] | None) -> str
     # copied or touched: the sha256 decides, once per process for the same unchanged file
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, record["sha256"])
     if key not in _VERIFIED:
-        if _sha256(Path(entry.path)) != record["sha256"]:
+        digest = _tensors_digest_of if record.get("digest") == TENSORS_DIGEST else _sha256
+        if digest(Path(entry.path)) != record["sha256"]:
             return "was changed since modelspec wrote it"
         _VERIFIED.add(key)
     return None
@@ -338,6 +424,7 @@ def atomic_dir(out: Path, *, keep: Iterable[Path] = ()) -> Iterator[Path]:
 def _swap(tmp: Path, out: Path) -> None:
     if not os.path.lexists(out):
         os.rename(tmp, out)  # fails rather than replace a folder that appeared with something in it
+        _sync_folder(out.parent)
         fault_point("renamed")
         return
     old_wrapper = _make_wrapper(out, "old")
@@ -355,6 +442,7 @@ def _swap(tmp: Path, out: Path) -> None:
             os.unlink(old_wrapper / _MARKER)
             os.rmdir(old_wrapper)
         raise
+    _sync_folder(out.parent)
     fault_point("renamed")
     _discard_wrapper(old_wrapper, old, "old")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Annotated, Literal
 
 import torch
@@ -20,7 +20,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._build import BuildInfo
-from ._stats import sha256_of, summarize
+from ._stats import one_intraop_thread, sha256_of, summarize
 from ._ties import transposed_map
 from ._transfer import Transfer
 from ._version import __version__
@@ -233,10 +233,52 @@ def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor
     return list(by_id.values())
 
 
-def _hash_workers() -> int:
-    """Hashing threads: one per core the process may use, less the one the statistics keep busy."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cores - 1)
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which container limits narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _values(
+    everything: list[tuple[torch.Tensor, list[str], str]],
+    known: dict[str, str],
+    threads: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[list[str | None], list[TensorStats | None]]:
+    """Checksums and statistics of every tensor, computed by ``threads`` worker threads.
+
+    Each tensor's checksum and its statistics are two independent tasks (a checksum the
+    caller already knows is not computed); the workers take them largest first, so they
+    all finish at about the same time whatever the mix: no thread waits for another kind
+    of work, and with fewer free cores than threads (another process busy) the work is
+    shared rather than serialized behind one slow thread. hashlib and torch release the
+    GIL. Every torch op runs on its worker's thread alone (no intra-op threads competing
+    for the same cores), and each task's result does not depend on which thread runs it.
+    """
+    sizes = [t.numel() * t.element_size() for t, _, _ in everything]
+    tasks = [(size, i, "stats") for i, size in enumerate(sizes)]
+    tasks += [(size, i, "sha256") for i, size in enumerate(sizes) if everything[i][1][0] not in known]
+    tasks.sort(key=lambda task: (-task[0], task[1], task[2]))
+    hashes: list[str | None] = [known.get(names[0]) for _, names, _ in everything]
+    stats: list[TensorStats | None] = [None] * len(everything)
+    total, done = sum(size for size, _, _ in tasks), 0
+    with one_intraop_thread(), ThreadPoolExecutor(max_workers=threads, initializer=torch.set_num_threads,
+                                                  initargs=(1,)) as pool:  # fmt: skip
+        running = {
+            pool.submit(sha256_of if kind == "sha256" else summarize, everything[i][0]): (size, i, kind)
+            for size, i, kind in tasks
+        }
+        for future in as_completed(running):
+            size, i, kind = running[future]
+            if kind == "sha256":
+                hashes[i] = future.result()
+            else:
+                stats[i] = TensorStats(**vars(future.result()))
+            done += size
+            if progress is not None and done < total:
+                progress(done, total)
+    if progress is not None:
+        progress(total, total)
+    return hashes, stats
 
 
 def inventory(
@@ -250,9 +292,8 @@ def inventory(
 ) -> Report:
     """Inventory every unique parameter and buffer of ``module``.
 
-    Checksums are computed in worker threads while statistics run on the caller's
-    thread (hashlib releases the GIL): one hashing thread per usable core but the one the
-    statistics keep busy (``threads`` overrides it), so hashing dominates the time. With
+    Checksums and statistics are computed by one worker thread per usable core
+    (``threads`` overrides it), each tensor's two tasks taken largest first. With
     ``values=False`` (and always on ``meta``) only structure is reported: no
     statistics, no checksums. ``progress(done_bytes, total_bytes)`` is called as
     tensors are finished. ``known_hashes`` (canonical name -> sha256) are checksums
@@ -273,22 +314,7 @@ def inventory(
         hashes = [None] * len(everything)
         stats = [None] * len(everything)
     else:
-        with ThreadPoolExecutor(max_workers=threads or _hash_workers()) as pool:
-            known = known_hashes or {}
-            futures = [None if names[0] in known else pool.submit(sha256_of, t) for t, names, _ in everything]
-            total = sum(t.numel() * t.element_size() for t, _, _ in everything)
-            stats, done = [], 0
-            for t, _, _ in everything:  # statistics here while the pool hashes
-                stats.append(TensorStats(**vars(summarize(t))))
-                done += t.numel() * t.element_size()
-                if progress is not None and done < total:
-                    progress(done, total)
-            hashes = [
-                known[names[0]] if f is None else f.result()
-                for f, (_, names, _) in zip(futures, everything, strict=True)
-            ]
-            if progress is not None:
-                progress(total, total)
+        hashes, stats = _values(everything, known_hashes or {}, threads or _usable_cores(), progress)
 
     transposed = transposed_map(module)
     readers: dict[str, list[str]] = {}  # a source's canonical name -> the names that read it transposed

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TensorSummary", "raw_bytes", "sha256_of", "summarize"]
+__all__ = ["TensorSummary", "one_intraop_thread", "raw_bytes", "sha256_of", "summarize"]
 
 _CHUNK = 1 << 17  # measured: 1 << 15 spends its time in per-op overhead, 1 << 18 in memory traffic
 _LEAVES = 1 << 10
@@ -90,13 +90,14 @@ def _fold(x: torch.Tensor, leaves: int) -> list[tuple[torch.Tensor, torch.Tensor
 
 
 @contextmanager
-def _one_intraop_thread() -> Iterator[None]:
+def one_intraop_thread() -> Iterator[None]:
     """Run torch ops on the calling thread only, as long as the block lasts.
 
     The statistics are many small elementwise ops; split over intra-op threads while
     report() hashes in worker threads, they wait on threads that do not get a core
     (five times slower on 2 cores). With OpenMP (torch's CPU builds) the setting
-    belongs to the calling thread, so other threads are not affected.
+    belongs to the calling thread, so other threads are not affected; threads that
+    start inside the block take its setting for their first torch op.
     """
     n = torch.get_num_threads()
     if n == 1:
@@ -159,7 +160,7 @@ def summarize(t: torch.Tensor) -> TensorSummary:
         flat = flat.abs()
     # Shift by the first value so the variance does not cancel when |mean| >> std.
     shift = float(flat[0].double())
-    with _one_intraop_thread():
+    with one_intraop_thread():
         total, total_sq, lo, hi = _sums(flat, shift)
     lo_f, hi_f = float(lo) + 0.0, float(hi) + 0.0  # + 0.0: min(-0.0, 0.0) may be either zero
     if not (math.isfinite(total) and math.isfinite(total_sq) and math.isfinite(lo_f) and math.isfinite(hi_f)):

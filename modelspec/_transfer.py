@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-import safetensors
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,14 +81,15 @@ class Source:
     """A verified source checkpoint: header and metadata checked, tensors read on demand."""
 
     def __init__(self, folder: Path) -> None:
-        from ._checkpoint import CHECKPOINT_FILE, open_checkpoint  # _checkpoint stores our records: imported late
+        # _checkpoint stores our records: imported late
+        from ._checkpoint import CHECKPOINT_FILE, find_checkpoint, open_checkpoint
 
         self.folder = folder
         if not folder.is_dir():
             what = "does not exist" if not folder.exists() else "is not a folder"
             raise CheckpointError(f"{folder} {what}", code="not-a-folder")
-        path = folder / CHECKPOINT_FILE
-        if not path.is_file():
+        path = find_checkpoint(folder)  # model.safetensors, or the index of its shards
+        if path is None:
             raise CheckpointError(
                 f"{folder} is not a build folder (it has no {CHECKPOINT_FILE})", code="not-a-build-folder"
             )
@@ -106,22 +106,7 @@ class Source:
 
     def read(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         """The tensors ``names`` (canonical), each checked against its recorded sha256."""
-        from ._stats import sha256_of
-
-        path = self.checkpoint.path
-        out = {}
-        try:
-            with safetensors.safe_open(str(path), framework="pt") as f:
-                for name in names:
-                    out[name] = f.get_tensor(name)
-        except (OSError, safetensors.SafetensorError) as e:
-            raise CheckpointError(f"{path}: cannot read the tensors: {e}", code="unreadable") from e
-        for name, t in out.items():
-            if sha256_of(t) != self.checkpoint.sha256[name]:
-                raise CheckpointError(
-                    f"{path}: checksum mismatch in '{name}': the file is damaged", code="checksum-mismatch"
-                )
-        return out
+        return self.checkpoint.read(names)
 
 
 def transfers_to_json(transfers: Sequence[Transfer]) -> str:
