@@ -20,6 +20,7 @@ _WHERE = {
     "build_info": "_api",
     "compile_spec": "_api",
     "diff": "_api",
+    "estimate_memory": "_api",
     "grads": "_api",
     "load": "_api",
     "materialize": "_api",
@@ -39,6 +40,7 @@ _WHERE = {
     "TieMismatchError": "_errors",
     "UsageError": "_errors",
     "Report": "_inventory",
+    "MemoryEstimate": "_memory",
     "register_layer": "_registry",
 }
 
@@ -47,6 +49,7 @@ __all__ = [
     "BuildInfo",
     "CheckpointError",
     "Diagnostic",
+    "MemoryEstimate",
     "ModelspecError",
     "Report",
     "ReportError",
@@ -59,6 +62,7 @@ __all__ = [
     "build_info",
     "compile_spec",
     "diff",
+    "estimate_memory",
     "grads",
     "load",
     "materialize",
@@ -90,6 +94,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         build_info,
         compile_spec,
         diff,
+        estimate_memory,
         grads,
         load,
         materialize,
@@ -112,4 +117,5 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         UsageError,
     )
     from ._inventory import Report
+    from ._memory import MemoryEstimate
     from ._registry import register_layer

@@ -17,16 +17,17 @@ import safetensors
 import torch
 import torch.nn as nn
 
-from ._build import DTYPES, BuildInfo, build_module, example_specs
+from ._build import DTYPES, BuildInfo, build_module, construct_on_meta, example_specs
 from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
 from ._files import atomic_dir, check_target, recover
+from ._fmt import human_bytes
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
-from ._memory import allocating, tensor_bytes
+from ._memory import MemoryEstimate, allocating, available_bytes, estimate_from_entries, parse_size, tensor_bytes
 from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
@@ -45,6 +46,7 @@ __all__ = [
     "build_info",
     "compile_spec",
     "diff",
+    "estimate_memory",
     "grads",
     "import_plugins",
     "load",
@@ -82,6 +84,8 @@ def _read(source: SpecSource) -> tuple[str, str]:
 
 
 Overrides = Mapping[str, Any]
+#: a limit in bytes, a size such as ``"16GB"``, or ``"available"``: the memory free on the device now
+MaxMemory = int | str | None
 
 
 def compile_spec(source: SpecSource, *, overrides: Overrides | None = None) -> Resolved:
@@ -183,6 +187,7 @@ def build(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     overrides: Overrides | None = None,
+    max_memory: MaxMemory = None,
     **variables: Any,
 ) -> nn.Module:
     """Build the model a spec describes.
@@ -193,6 +198,9 @@ def build(
         dtype: convert floating-point parameters after building (e.g. ``torch.bfloat16``).
         overrides: new values for the spec's ``vars`` (``{"n_layer": 24}``); variables
             may also be given as keywords (``n_layer=24``).
+        max_memory: refuse, before allocating anything, a model whose weights need more
+            bytes than this (an int, or a size such as ``"16GB"``; ``"available"``: the
+            memory free on ``device`` now). The estimate comes from a build on ``meta``.
 
     Returns:
         The model, or an ``nn.ModuleDict`` keyed by model name for a spec with ``models:``.
@@ -200,6 +208,7 @@ def build(
 
     Raises:
         SpecError: the spec is invalid; nothing was built.
+        UsageError: ``too-large`` (more than ``max_memory``), ``bad-size``, ``bad-device``.
 
     Example:
         >>> net = modelspec.build("specs/d2l/shared.yaml")
@@ -210,7 +219,106 @@ def build(
     resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
     for w in resolved.spec.warnings:
         warnings.warn(str(w), SpecWarning, stacklevel=2)
+    _check_fits(resolved, device, max_memory)
     return _build(resolved, device, dtype)
+
+
+def estimate_memory(
+    source: SpecSource | nn.Module, *, overrides: Overrides | None = None, **variables: Any
+) -> MemoryEstimate:
+    """What a model takes in memory, per floating dtype, without allocating it.
+
+    Weights (every unique parameter and buffer, each tied tensor once), gradients and
+    Adam's two moment buffers, in float32 and bfloat16/float16 (and the model's own dtype
+    if it is another); activations are not included. A spec is built on ``meta`` for it.
+
+    Args:
+        source: a spec (path or YAML text), or a module (its tensors are counted as they are).
+        overrides: new values for the spec's ``vars``; variables may also be keywords.
+
+    Example:
+        >>> est = modelspec.estimate_memory("specs/zoo/llama3_70b.yaml")
+        >>> est["bfloat16"].weights  # bytes
+        141107412992
+        >>> est["float32"].training  # weights + gradients + Adam
+        1128859303936
+    """
+    if isinstance(source, nn.Module):
+        return _module_estimate(source)
+    resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
+    module, _ = build_module(resolved, device="meta", transfer=False)
+    return _module_estimate(module)
+
+
+def _module_estimate(module: nn.Module) -> MemoryEstimate:
+    params = list(module.parameters())  # each tied tensor once
+    buffers = list(module.buffers())
+    return estimate_from_entries(
+        [(p.numel(), _dtype_name(p.dtype), True, p.requires_grad) for p in params]
+        + [(b.numel(), _dtype_name(b.dtype), False, False) for b in buffers]
+    )
+
+
+def _constructed_estimate(resolved: Resolved) -> MemoryEstimate:
+    """The estimate from the modules as constructed on meta, before the example pass: a
+    parameter that a tie replaces is not counted, nor a lazy layer's (not sized yet)."""
+    module = construct_on_meta(resolved)
+    aliases = {t.param for t in resolved.spec.ties}
+    names: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), (p, []))[1].append(name)
+    params = [p for p, ns in names.values() if not aliases.intersection(ns) and not _is_unsized(p)]
+    buffers = [b for b in module.buffers() if not _is_unsized(b)]
+    return estimate_from_entries(
+        [(p.numel(), _dtype_name(p.dtype), True, p.requires_grad) for p in params]
+        + [(b.numel(), _dtype_name(b.dtype), False, False) for b in buffers]
+    )
+
+
+def _is_unsized(t: torch.Tensor) -> bool:
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_fits(resolved: Resolved, device: str | torch.device, max_memory: MaxMemory) -> None:
+    """Refuse a build whose tensors cannot fit, from a build on ``meta`` (nothing allocated).
+
+    Layers are constructed in float32 (a ``dtype`` converts them afterwards), so what
+    building needs is the estimate's weights as constructed. Only the constructors run on
+    meta (not the example pass): a lazy layer, sized by that pass, is not counted.
+
+    Raises:
+        UsageError: ``too-large``, with the estimate and what to do instead.
+    """
+    if max_memory is None:
+        return
+    dev = _parse_device(device)
+    if dev.type == "meta":
+        return
+    if max_memory == "available":
+        limit = available_bytes(dev)
+        if limit is None:  # unknown here: the allocator's own refusal is still caught
+            return
+        where = f"the memory available on {dev}"
+    else:
+        limit = parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory)
+        where = "--max-memory"
+    est = _constructed_estimate(resolved)
+    need = est.current.weights
+    if need <= limit:
+        return
+    spec = resolved.spec.file if resolved.spec.file != "<spec>" else "SPEC"
+    half = est["bfloat16"].weights
+    raise UsageError(
+        f"the model needs {human_bytes(need)} for its weights ({est.params:,} parameters in {est.dtype}), more "
+        f"than the {human_bytes(limit)} of {where}; nothing was built. See its memory without allocating: "
+        f"'modelspec report {spec} --device meta'; in bfloat16 (--dtype bfloat16) it keeps {human_bytes(half)} "
+        "once built, but its layers are constructed in float32 first",
+        code="too-large",
+    )
 
 
 def build_info(module: nn.Module) -> BuildInfo | None:
@@ -275,8 +383,12 @@ def write_build(
     dtype: torch.dtype | str | None = None,
     progress: Progress | None = None,
     overrides: Overrides | None = None,
+    max_memory: MaxMemory = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
+
+    ``max_memory`` refuses a model too large before anything is allocated or written (see
+    :func:`build`; the command line passes ``"available"`` unless told ``--max-memory``).
 
     Nothing is left behind on error: the folder appears complete or not at all. An
     existing ``out`` is replaced only if it is empty or holds nothing but the files a
@@ -286,6 +398,7 @@ def write_build(
         BuildDirError: ``out`` is in the way; codes ``not-a-build-folder`` (not written by
             modelspec), ``in-the-way`` (a build folder with something else in it),
             ``would-overwrite-spec`` (it holds the spec being built), ``not-a-folder``.
+        UsageError: ``too-large`` (see ``max_memory``).
     """
     if _parse_device(device).type == "meta":
         raise BuildDirError(
@@ -295,6 +408,7 @@ def write_build(
     dt = _parse_dtype(dtype)
     recover(out)
     check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
+    _check_fits(resolved, device, max_memory)
     module = _build(resolved, device, dt)
     rep = _write_folder(module, _INFO[module], Path(out), progress)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)

@@ -67,12 +67,20 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  modelspec build specs/d2l/shared.yaml\n"
         "  modelspec build specs/d2l/shared_mlp.yaml -o out/mlp --format json\n"
         "  modelspec build specs/zoo/gpt2.yaml --set n_layer=24 d_model=1024 n_head=16 -o build/gpt2-medium\n"
-        "  modelspec build big.yaml --dtype bfloat16",
+        "  modelspec build big.yaml --dtype bfloat16\n"
+        "  modelspec build big.yaml --max-memory 16GB",
     )
     b.add_argument("spec", metavar="SPEC", help="the YAML spec")
     b.add_argument("-o", "--out", metavar="DIR", help="output folder (default: build/<spec name>)")
     b.add_argument("--device", default="cpu", help="device to build on (default: cpu)")
     b.add_argument("--dtype", default=None, help="convert parameters to this dtype, e.g. bfloat16")
+    b.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        default="available",
+        help="refuse, before allocating, a model whose weights need more than SIZE (e.g. 16GB, 512MiB; "
+        "default: the memory available now)",
+    )
     b.add_argument("--format", choices=FORMATS, default="text", help="what to print on stdout")
     _add_set(b)
     b.set_defaults(func=_cmd_build)
@@ -289,6 +297,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         dtype=args.dtype,
         progress=_ProgressBar(err, "checksums"),
         overrides=_overrides(args),
+        max_memory=args.max_memory,
     )
     _print_diagnostics(result.warnings, err)
     t = result.report.totals
