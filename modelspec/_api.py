@@ -21,7 +21,16 @@ from ._build import DTYPES, BuildInfo, build_module, construct_on_meta, example_
 from ._checkpoint import CHECKPOINT_FILE, Checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
-from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
+from ._errors import (
+    BuildDirError,
+    Collector,
+    Diagnostic,
+    ReportError,
+    SpecPath,
+    SpecWarning,
+    TieMismatchError,
+    UsageError,
+)
 from ._files import atomic_dir, check_target, recover
 from ._fmt import human_bytes
 from ._grads import GradReport, Loss, example_batch, gradients
@@ -208,7 +217,7 @@ def build(
 
     Raises:
         SpecError: the spec is invalid; nothing was built.
-        UsageError: ``too-large`` (more than ``max_memory``), ``bad-size``, ``bad-device``.
+        SpecError: ``too-large`` (more than ``max_memory``). UsageError: ``bad-size``, ``bad-device``.
 
     Example:
         >>> net = modelspec.build("specs/d2l/shared.yaml")
@@ -259,20 +268,31 @@ def _module_estimate(module: nn.Module) -> MemoryEstimate:
     )
 
 
-def _constructed_estimate(resolved: Resolved) -> MemoryEstimate:
+def _constructed_estimate(resolved: Resolved) -> tuple[MemoryEstimate, tuple[int, SpecPath]]:
     """The estimate from the modules as constructed on meta, before the example pass: a
-    parameter that a tie replaces is not counted, nor a lazy layer's (not sized yet)."""
-    module = construct_on_meta(resolved)
+    parameter that a tie replaces is not counted, nor a lazy layer's (not sized yet).
+    Also returns the bytes of the layer holding the most, and where the spec defines it."""
+    module, paths = construct_on_meta(resolved)
     aliases = {t.param for t in resolved.spec.ties}
     names: dict[int, tuple[nn.Parameter, list[str]]] = {}
     for name, p in module.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), (p, []))[1].append(name)
-    params = [p for p, ns in names.values() if not aliases.intersection(ns) and not _is_unsized(p)]
-    buffers = [b for b in module.buffers() if not _is_unsized(b)]
-    return estimate_from_entries(
-        [(p.numel(), _dtype_name(p.dtype), True, p.requires_grad) for p in params]
-        + [(b.numel(), _dtype_name(b.dtype), False, False) for b in buffers]
-    )
+    counted = {id(p) for p, ns in names.values() if not aliases.intersection(ns) and not _is_unsized(p)}
+    largest: tuple[int, SpecPath] = (0, ())
+    seen: set[int] = set()
+    entries = []
+    for m in module.modules():
+        held = 0
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+            is_param = isinstance(t, nn.Parameter)
+            if id(t) in seen or (id(t) not in counted if is_param else _is_unsized(t)):
+                continue
+            seen.add(id(t))
+            held += t.numel() * t.element_size()
+            entries.append((t.numel(), _dtype_name(t.dtype), is_param, is_param and t.requires_grad))
+        if held > largest[0]:
+            largest = (held, paths.get(id(m), ()))
+    return estimate_from_entries(entries), largest
 
 
 def _is_unsized(t: torch.Tensor) -> bool:
@@ -291,7 +311,8 @@ def _check_fits(resolved: Resolved, device: str | torch.device, max_memory: MaxM
     meta (not the example pass): a lazy layer, sized by that pass, is not counted.
 
     Raises:
-        UsageError: ``too-large``, with the estimate and what to do instead.
+        SpecError: ``too-large`` at the layer holding the most, with the estimate and what
+            to do instead. UsageError: ``bad-size``, ``bad-device``.
     """
     if max_memory is None:
         return
@@ -302,23 +323,27 @@ def _check_fits(resolved: Resolved, device: str | torch.device, max_memory: MaxM
         limit = available_bytes(dev)
         if limit is None:  # unknown here: the allocator's own refusal is still caught
             return
-        where = f"the memory available on {dev}"
+        where_limit = f"the memory available on {dev}"
     else:
         limit = parse_size(max_memory) if isinstance(max_memory, str) else int(max_memory)
-        where = "--max-memory"
-    est = _constructed_estimate(resolved)
+        where_limit = "--max-memory"
+    est, (biggest, where) = _constructed_estimate(resolved)
     need = est.current.weights
     if need <= limit:
         return
-    spec = resolved.spec.file if resolved.spec.file != "<spec>" else "SPEC"
-    half = est["bfloat16"].weights
-    raise UsageError(
+    spec = resolved.spec
+    name = spec.file if spec.file != "<spec>" else "SPEC"
+    errors = Collector(file=spec.file, positions=spec.positions)
+    errors.add(
+        "too-large",
         f"the model needs {human_bytes(need)} for its weights ({est.params:,} parameters in {est.dtype}), more "
-        f"than the {human_bytes(limit)} of {where}; nothing was built. See its memory without allocating: "
-        f"'modelspec report {spec} --device meta'; in bfloat16 (--dtype bfloat16) it keeps {human_bytes(half)} "
-        "once built, but its layers are constructed in float32 first",
-        code="too-large",
+        f"than the {human_bytes(limit)} of {where_limit}; nothing was built (this layer holds {human_bytes(biggest)})",
+        where,
+        hint=f"see its memory without allocating: 'modelspec report {name} --device meta'; in bfloat16 "
+        f"(--dtype bfloat16) it keeps {human_bytes(est['bfloat16'].weights)} once built, but its layers are "
+        "constructed in float32 first; or allow more with --max-memory SIZE",
     )
+    errors.raise_if_errors()
 
 
 def build_info(module: nn.Module) -> BuildInfo | None:
@@ -398,7 +423,7 @@ def write_build(
         BuildDirError: ``out`` is in the way; codes ``not-a-build-folder`` (not written by
             modelspec), ``in-the-way`` (a build folder with something else in it),
             ``would-overwrite-spec`` (it holds the spec being built), ``not-a-folder``.
-        UsageError: ``too-large`` (see ``max_memory``).
+        SpecError: ``too-large`` (see ``max_memory``).
     """
     if _parse_device(device).type == "meta":
         raise BuildDirError(

@@ -205,10 +205,11 @@ def build_module(
     return root, replace(info, transfers=transfers)
 
 
-def construct_on_meta(resolved: Resolved) -> nn.Module:
+def construct_on_meta(resolved: Resolved) -> tuple[nn.Module, dict[int, SpecPath]]:
     """The modules of ``resolved`` constructed on ``meta``, and nothing more: no example pass
     (lazy layers stay unsized), no ties, no init rules. What a size estimate needs, for the
-    cost of the constructors alone."""
+    cost of the constructors alone. Also returns where in the spec each module comes from
+    (``id(module)`` -> spec path)."""
     spec = resolved.spec
     errors = Collector(file=spec.file, positions=spec.positions)
     builder = _Builder(spec, errors)
@@ -217,7 +218,7 @@ def construct_on_meta(resolved: Resolved) -> nn.Module:
             builder.blocks[name] = builder.node(spec.blocks[name])
         roots = {name: builder.node(node) for name, node in spec.roots.items()}
     errors.raise_if_errors()
-    return roots[""] if spec.models is None else nn.ModuleDict(roots)
+    return (roots[""] if spec.models is None else nn.ModuleDict(roots)), builder.paths
 
 
 def _check_tied_params(root: nn.Module, builder: _Builder, spec: Spec, errors: Collector) -> None:
@@ -339,13 +340,17 @@ def _materialize(
                 # dtypes, so one example of the batch runs for real instead. Any failure is
                 # re-run for real on the whole example, so a missing meta kernel, an op that
                 # bypasses the swap or a size that needs the whole batch never gives a false error.
-                # A small model runs for real right away (on CPU stand-ins when it is on meta):
-                # PyTorch's meta kernels are Python, and their first use in a process imports
-                # sympy and dynamo (2-4 s), far more than the arithmetic of a small pass.
-                small = not lazy and _cheap(model, examples[name])
-                if small and device.type == "meta" and _passes_on_cpu(model, examples[name], tracer):
-                    continue
-                if not lazy and device.type != "meta" and not small:
+                # A small model with floating inputs runs for real first (on CPU stand-ins when
+                # it is on meta): PyTorch's meta kernels are Python, and their first use in a
+                # process imports sympy and dynamo (2-4 s), far more than a small pass costs.
+                # If that pass fails, the paths below run as they would have, so every
+                # diagnostic stays theirs.
+                if not lazy and all(x.is_floating_point() for x in xs) and _cheap(model, examples[name]):
+                    if device.type == "meta" and _passes_on_cpu(model, examples[name], tracer):
+                        continue
+                    if device.type != "meta" and _passes(model, xs, tracer):
+                        continue
+                if not lazy and device.type != "meta":
                     if all(x.is_floating_point() for x in xs):
                         if _passes_on_meta(model, xs):
                             continue

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import modelspec
-from modelspec import UsageError, cli
+from modelspec import SpecError, UsageError, cli
 from modelspec._fmt import human_bytes
 from modelspec._memory import parse_size
 
@@ -105,7 +105,7 @@ def test_build_refuses_more_than_max_memory_and_writes_nothing(tmp_path: Path) -
     out = tmp_path / "lenet"
     code, _, err = run("build", str(LENET), "-o", str(out), "--max-memory", "100kB")
     assert code == 2
-    assert "error[too-large]" in err and human_bytes(4 * LENET_PARAMS) in err
+    assert "lenet.yaml:17:5: error[too-large]" in err and human_bytes(4 * LENET_PARAMS) in err  # Linear [400, 120]
     assert "--device meta" in err and "--dtype bfloat16" in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
     assert run("build", str(LENET), "-o", str(out), "--max-memory", "1MB")[0] == 0  # 241 KiB fits
@@ -117,12 +117,11 @@ def test_build_of_a_model_larger_than_the_machine_is_refused_before_allocating(t
     code, _, err = run("build", str(spec), "-o", str(tmp_path / "out"))  # default: the memory available
     assert code == 2 and "error[too-large]" in err
     assert not (tmp_path / "out").exists()
-    with pytest.raises(UsageError) as e:
-        modelspec.build(HUGE, max_memory="1GB")
-    assert e.value.code == "too-large"
-    with pytest.raises(UsageError) as e:
-        modelspec.build(HUGE, max_memory=10**9)
-    assert e.value.code == "too-large"
+    for limit in ("1GB", 10**9):
+        with pytest.raises(SpecError) as e:
+            modelspec.build(HUGE, max_memory=limit)
+        (d,) = e.value.diagnostics
+        assert (d.code, d.line, d.column) == ("too-large", 3, 5)  # at the layer that holds the most
 
 
 def test_max_memory_does_not_apply_on_meta() -> None:
@@ -144,6 +143,6 @@ def test_the_check_before_building_agrees_with_the_estimate(spec: str) -> None:
     path = ROOT / "specs" / spec
     overrides = {"n_layer": 1, "vocab": 100} if spec == "zoo/gpt2.yaml" else None
     # constructors only (no example pass, no ties applied): a tied head is still counted once
-    assert _constructed_estimate(compile_spec(path, overrides=overrides)) == modelspec.estimate_memory(
+    assert _constructed_estimate(compile_spec(path, overrides=overrides))[0] == modelspec.estimate_memory(
         path, overrides=overrides
     )
