@@ -20,6 +20,7 @@ _WHERE = {
     "build_info": "_api",
     "compile_spec": "_validate",
     "diff": "_api",
+    "estimate_memory": "_api",
     "export_onnx": "_onnx",
     "grads": "_api",
     "load": "_api",
@@ -46,6 +47,7 @@ _WHERE = {
     "TieMismatchError": "_errors",
     "UsageError": "_errors",
     "Report": "_inventory",
+    "MemoryEstimate": "_memory",
     "register_layer": "_registry",
 }
 
@@ -54,6 +56,7 @@ __all__ = [
     "BuildInfo",
     "CheckpointError",
     "Diagnostic",
+    "MemoryEstimate",
     "ModelspecError",
     "Report",
     "ReportError",
@@ -68,6 +71,7 @@ __all__ = [
     "dcp_load",
     "dcp_save",
     "diff",
+    "estimate_memory",
     "export_onnx",
     "grads",
     "load",
@@ -103,6 +107,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
         build,
         build_info,
         diff,
+        estimate_memory,
         grads,
         load,
         materialize,
@@ -127,6 +132,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names c
     )
     from ._interop import load_state_dict, parameters, state_dict
     from ._inventory import Report
+    from ._memory import MemoryEstimate
     from ._onnx import export_onnx
     from ._registry import register_layer
     from ._validate import compile_spec, validate

@@ -15,17 +15,27 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ._build import DTYPES, BuildInfo, build_module, example_specs
+from ._build import DTYPES, BuildInfo, build_module, construct_on_meta, example_specs
 from ._checkpoint import CHECKPOINT_FILE, Checkpoint, find_checkpoint, open_checkpoint, save_checkpoint, unique_state
 from ._consistency import check_report, read_report
 from ._diff import Diff, diff_reports
 from ._distributed import is_sharded, on_rank0
-from ._errors import BuildDirError, Collector, Diagnostic, ReportError, SpecWarning, TieMismatchError, UsageError
+from ._errors import (
+    BuildDirError,
+    Collector,
+    Diagnostic,
+    ReportError,
+    SpecPath,
+    SpecWarning,
+    TieMismatchError,
+    UsageError,
+)
 from ._files import atomic_dir, check_target, recover
+from ._fmt import human_bytes
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
-from ._memory import allocating, tensor_bytes
+from ._memory import MemoryEstimate, allocating, available_bytes, estimate_from_entries, tensor_bytes
 from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
@@ -47,6 +57,7 @@ __all__ = [
     "build_info",
     "compile_spec",
     "diff",
+    "estimate_memory",
     "grads",
     "import_plugins",
     "load",
@@ -65,6 +76,9 @@ SPEC_FILE = "spec.yaml"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
+
+#: a limit in bytes, a size such as ``"16GB"``, or ``"available"``: the memory free on the device now
+MaxMemory = int | str | None
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -141,6 +155,7 @@ def build(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str | None = None,
     overrides: Overrides | None = None,
+    max_memory: MaxMemory = None,
     **variables: Any,
 ) -> nn.Module:
     """Build the model a spec describes.
@@ -151,6 +166,9 @@ def build(
         dtype: convert floating-point parameters after building (e.g. ``torch.bfloat16``).
         overrides: new values for the spec's ``vars`` (``{"n_layer": 24}``); variables
             may also be given as keywords (``n_layer=24``).
+        max_memory: refuse, before allocating anything, a model whose weights need more
+            bytes than this (an int, or a size such as ``"16GB"``; ``"available"``: the
+            memory free on ``device`` now). The estimate comes from a build on ``meta``.
 
     Returns:
         The model, or an ``nn.ModuleDict`` keyed by model name for a spec with ``models:``.
@@ -158,6 +176,7 @@ def build(
 
     Raises:
         SpecError: the spec is invalid; nothing was built.
+        SpecError: ``too-large`` (more than ``max_memory``). UsageError: ``bad-size``, ``bad-device``.
 
     Example:
         >>> net = modelspec.build("specs/d2l/shared.yaml")
@@ -168,7 +187,122 @@ def build(
     resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
     for w in resolved.spec.warnings:
         warnings.warn(str(w), SpecWarning, stacklevel=2)
+    _check_fits(resolved, device, max_memory)
     return _build(resolved, device, dtype)
+
+
+def estimate_memory(
+    source: SpecSource | nn.Module, *, overrides: Overrides | None = None, **variables: Any
+) -> MemoryEstimate:
+    """What a model takes in memory, per floating dtype, without allocating it.
+
+    Weights (every unique parameter and buffer, each tied tensor once), gradients and
+    Adam's two moment buffers, in float32 and bfloat16/float16 (and the model's own dtype
+    if it is another); activations are not included. A spec is built on ``meta`` for it.
+
+    Args:
+        source: a spec (path or YAML text), or a module (its tensors are counted as they are).
+        overrides: new values for the spec's ``vars``; variables may also be keywords.
+
+    Example:
+        >>> est = modelspec.estimate_memory("specs/zoo/llama3_70b.yaml")
+        >>> est["bfloat16"].weights  # bytes
+        141107412992
+        >>> est["float32"].training  # weights + gradients + Adam
+        1128859303936
+    """
+    if isinstance(source, nn.Module):
+        return _module_estimate(source)
+    resolved = compile_spec(source, overrides={**(overrides or {}), **variables})
+    module, _ = build_module(resolved, device="meta", transfer=False)
+    return _module_estimate(module)
+
+
+def _module_estimate(module: nn.Module) -> MemoryEstimate:
+    params = list(module.parameters())  # each tied tensor once
+    buffers = list(module.buffers())
+    return estimate_from_entries(
+        [(p.numel(), _dtype_name(p.dtype), True, p.requires_grad) for p in params]
+        + [(b.numel(), _dtype_name(b.dtype), False, False) for b in buffers]
+    )
+
+
+def _constructed_estimate(resolved: Resolved) -> tuple[MemoryEstimate, tuple[int, SpecPath]]:
+    """The estimate from the modules as constructed on meta, before the example pass: a
+    parameter that a tie replaces is not counted, nor a lazy layer's (not sized yet).
+    Also returns the bytes of the layer holding the most, and where the spec defines it."""
+    module, paths = construct_on_meta(resolved)
+    aliases = {t.param for t in resolved.spec.ties}
+    names: dict[int, tuple[nn.Parameter, list[str]]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), (p, []))[1].append(name)
+    counted = {id(p) for p, ns in names.values() if not aliases.intersection(ns) and not _is_unsized(p)}
+    largest: tuple[int, SpecPath] = (0, ())
+    seen: set[int] = set()
+    entries = []
+    for m in module.modules():
+        held = 0
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+            is_param = isinstance(t, nn.Parameter)
+            if id(t) in seen or (id(t) not in counted if is_param else _is_unsized(t)):
+                continue
+            seen.add(id(t))
+            held += t.numel() * t.element_size()
+            entries.append((t.numel(), _dtype_name(t.dtype), is_param, is_param and t.requires_grad))
+        if held > largest[0]:
+            largest = (held, paths.get(id(m), ()))
+    return estimate_from_entries(entries), largest
+
+
+def _is_unsized(t: torch.Tensor) -> bool:
+    return isinstance(t, nn.parameter.UninitializedTensorMixin)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_fits(resolved: Resolved, device: str | torch.device, max_memory: MaxMemory) -> None:
+    """Refuse a build whose tensors cannot fit, from a build on ``meta`` (nothing allocated).
+
+    Layers are constructed in float32 (a ``dtype`` converts them afterwards), so what
+    building needs is the estimate's weights as constructed. Only the constructors run on
+    meta (not the example pass): a lazy layer, sized by that pass, is not counted.
+
+    Raises:
+        SpecError: ``too-large`` at the layer holding the most, with the estimate and what
+            to do instead. UsageError: ``bad-size``, ``bad-device``.
+    """
+    if max_memory is None:
+        return
+    dev = _parse_device(device)
+    if dev.type == "meta":
+        return
+    if max_memory == "available":
+        limit = available_bytes(dev)
+        if limit is None:  # unknown here: the allocator's own refusal is still caught
+            return
+        where_limit = f"the memory available on {dev}"
+    else:
+        limit = parse_size(max_memory)
+        where_limit = "--max-memory"
+    est, (biggest, where) = _constructed_estimate(resolved)
+    need = est.current.weights
+    if need <= limit:
+        return
+    spec = resolved.spec
+    name = spec.file if spec.file != "<spec>" else "SPEC"
+    errors = Collector(file=spec.file, positions=spec.positions)
+    errors.add(
+        "too-large",
+        f"the model needs {human_bytes(need)} for its weights ({est.params:,} parameters in {est.dtype}), more "
+        f"than the {human_bytes(limit)} of {where_limit}; nothing was built (this layer holds {human_bytes(biggest)})",
+        where,
+        hint=f"see its memory without allocating: 'modelspec report {name} --device meta'; in bfloat16 "
+        f"(--dtype bfloat16) it keeps {human_bytes(est['bfloat16'].weights)} once built, but its layers are "
+        "constructed in float32 first; or allow more with --max-memory SIZE",
+    )
+    errors.raise_if_errors()
 
 
 def build_info(module: nn.Module) -> BuildInfo | None:
@@ -279,8 +413,12 @@ def write_build(
     progress: Progress | None = None,
     overrides: Overrides | None = None,
     max_shard_size: ShardSize | None = None,
+    max_memory: MaxMemory = None,
 ) -> BuildResult:
     """Build a spec and write its folder (checkpoint, reports, resolved spec) atomically.
+
+    ``max_memory`` refuses a model too large before anything is allocated or written (see
+    :func:`build`; the command line passes ``"available"`` unless told ``--max-memory``).
 
     Nothing is left behind on error: the folder appears complete or not at all. An
     existing ``out`` is replaced only if it is empty or holds nothing but the files a
@@ -294,6 +432,7 @@ def write_build(
         BuildDirError: ``out`` is in the way; codes ``not-a-build-folder`` (not written by
             modelspec), ``in-the-way`` (a build folder with something else in it),
             ``would-overwrite-spec`` (it holds the spec being built), ``not-a-folder``.
+        SpecError: ``too-large`` (see ``max_memory``).
     """
     if _parse_device(device).type == "meta":
         raise BuildDirError(
@@ -305,6 +444,7 @@ def write_build(
         parse_size(max_shard_size)  # refuse a bad size before the costly build
     recover(out)
     check_target(Path(os.path.abspath(out)), _spec_files(resolved.spec))  # refuse before the costly build
+    _check_fits(resolved, device, max_memory)
     module = _build(resolved, device, dt)
     rep = _write_folder(module, _INFO[module], Path(out), progress, max_shard_size)
     return BuildResult(module, rep, Path(out), resolved.spec.warnings)

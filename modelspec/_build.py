@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -37,7 +39,7 @@ from ._spec import Spec
 from ._ties import apply_ties, links_of
 from ._transfer import Transfer
 
-__all__ = ["DTYPES", "BuildInfo", "build_module", "example_specs"]
+__all__ = ["DTYPES", "BuildInfo", "build_module", "construct_on_meta", "example_specs"]
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -203,6 +205,22 @@ def build_module(
     return root, replace(info, transfers=transfers)
 
 
+def construct_on_meta(resolved: Resolved) -> tuple[nn.Module, dict[int, SpecPath]]:
+    """The modules of ``resolved`` constructed on ``meta``, and nothing more: no example pass
+    (lazy layers stay unsized), no ties, no init rules. What a size estimate needs, for the
+    cost of the constructors alone. Also returns where in the spec each module comes from
+    (``id(module)`` -> spec path)."""
+    spec = resolved.spec
+    errors = Collector(file=spec.file, positions=spec.positions)
+    builder = _Builder(spec, errors)
+    with _seeded(spec.seed, torch.device("meta")):
+        for name in resolved.order:
+            builder.blocks[name] = builder.node(spec.blocks[name])
+        roots = {name: builder.node(node) for name, node in spec.roots.items()}
+    errors.raise_if_errors()
+    return (roots[""] if spec.models is None else nn.ModuleDict(roots)), builder.paths
+
+
 def _check_tied_params(root: nn.Module, builder: _Builder, spec: Spec, errors: Collector) -> None:
     """A free param that no node of its graph reads is used only if a tie names it, by its
     qualified name at some place the graph sits (the resolver could only match name endings)."""
@@ -322,6 +340,16 @@ def _materialize(
                 # dtypes, so one example of the batch runs for real instead. Any failure is
                 # re-run for real on the whole example, so a missing meta kernel, an op that
                 # bypasses the swap or a size that needs the whole batch never gives a false error.
+                # A small model with floating inputs runs for real first (on CPU stand-ins when
+                # it is on meta): PyTorch's meta kernels are Python, and their first use in a
+                # process imports sympy and dynamo (2-4 s), far more than a small pass costs.
+                # If that pass fails, the paths below run as they would have, so every
+                # diagnostic stays theirs.
+                if not lazy and all(x.is_floating_point() for x in xs) and _cheap(model, examples[name]):
+                    if device.type == "meta" and _passes_on_cpu(model, examples[name], tracer):
+                        continue
+                    if device.type != "meta" and _passes(model, xs, tracer):
+                        continue
                 if not lazy and device.type != "meta":
                     if all(x.is_floating_point() for x in xs):
                         if _passes_on_meta(model, xs):
@@ -675,6 +703,44 @@ def _passes_on_meta(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> bool:
         return True
     except Exception:  # noqa: BLE001 - the real pass reports it, or shows it was a false alarm
         return False
+    finally:
+        for store, key, t in reversed(saved):
+            store[key] = t
+
+
+#: A model is run for real (not on meta) when it holds at most this many elements and each
+#: example input at most ``_CHEAP_INPUT``: such a pass costs milliseconds to a few tenths of
+#: a second (ResNet-18 on one 224x224 image), a cold meta pass seconds of imports.
+_CHEAP_TENSORS = 1 << 25
+_CHEAP_INPUT = 1 << 20
+
+
+def _cheap(model: nn.Module, examples: list[tuple[InputSpec, str]]) -> bool:
+    """Whether a real pass of the example through ``model`` costs little (see ``_CHEAP_TENSORS``)."""
+    if any(math.prod(e.shape) > _CHEAP_INPUT for e, _ in examples):
+        return False
+    total = 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        total += t.numel()
+        if total > _CHEAP_TENSORS:
+            return False
+    return True
+
+
+def _passes_on_cpu(model: nn.Module, examples: list[tuple[InputSpec, str]], tracer: _Tracer) -> bool:
+    """Run a model built on ``meta`` for real on CPU, with zero-filled stand-ins for its
+    tensors (one per unique tensor, so ties hold); put the meta tensors back whatever happens.
+    Zeros are valid indices and finite values, so only shapes and dtypes can make it fail."""
+    stand_ins: dict[int, torch.Tensor] = {}
+    saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+    try:
+        for m in model.modules():
+            for store in (m._parameters, m._buffers):
+                for key, t in store.items():
+                    if t is not None and t.is_meta:
+                        saved.append((store, key, t))
+                        store[key] = stand_ins.setdefault(id(t), torch.zeros(t.shape, dtype=t.dtype, device="cpu"))
+        return _passes(model, tuple(example_tensor(e, "cpu", where) for e, where in examples), tracer)
     finally:
         for store, key, t in reversed(saved):
             store[key] = t

@@ -16,8 +16,19 @@ from dataclasses import dataclass
 from ._fmt import clip, fmt_float, human_bytes, text_table
 from ._graph import to_mermaid
 from ._inventory import Report, TensorEntry
+from ._memory import MemoryEstimate, estimate_from_entries
 
-__all__ = ["CSV_COLUMNS", "Fold", "fold", "render_csv", "render_json", "render_md", "render_text", "summary_line"]
+__all__ = [
+    "CSV_COLUMNS",
+    "Fold",
+    "fold",
+    "memory_estimate",
+    "render_csv",
+    "render_json",
+    "render_md",
+    "render_text",
+    "summary_line",
+]
 
 
 def render_json(report: Report) -> str:
@@ -74,6 +85,8 @@ def render_md(report: Report, depth: int | None = None) -> str:
             ["training memory, Adam", f"{human_bytes(t.training_bytes_adam)} (weights + grads + 2 moments)"],
         ],
     )
+    lines += ["", "## Memory estimate", "", _MEMORY_NOTE, ""]
+    lines += _md_table(["dtype", "weights", "gradients", "Adam moments", "training with Adam"], _memory_rows(report))
     lines += ["", "## Architecture", "", "Shared blocks are drawn once, with an edge from every use.", ""]
     lines += ["```mermaid", to_mermaid(report, depth=depth).rstrip("\n"), "```"]
     if depth is not None:
@@ -109,6 +122,22 @@ def render_md(report: Report, depth: int | None = None) -> str:
     )
     lines += _md_tail(report)
     return "\n".join(lines) + "\n"
+
+
+_MEMORY_NOTE = "Each tensor counted once; activations not included (they depend on the batch)."
+
+
+def memory_estimate(report: Report) -> MemoryEstimate:
+    """The memory a report's model takes per dtype: weights, gradients, Adam's moments."""
+    return estimate_from_entries((e.numel, e.dtype, e.kind == "parameter", e.requires_grad) for e in report.tensors)
+
+
+def _memory_rows(report: Report) -> list[list[str]]:
+    return [
+        ["float16 / bfloat16" if f.dtype == "bfloat16" else f.dtype, human_bytes(f.weights), human_bytes(f.gradients),
+         human_bytes(f.adam), human_bytes(f.training)]
+        for f in memory_estimate(report).rows
+    ]  # fmt: skip
 
 
 def _md_tail(report: Report) -> list[str]:
@@ -292,6 +321,10 @@ def render_text(report: Report, depth: int | None = None) -> str:
             digest = t.checkpoint_sha256[:12]
             out.append(clip(f"  init[{t.rule}]: {len(t.tensors)} tensor(s) from {t.source} (checkpoint {digest})", 100))
     out += ["", "totals:", *_totals_lines(report)]
+    out += ["", "memory estimate (each tensor once; no activations):"]
+    header = ["dtype", "weights", "gradients", "Adam moments", "training with Adam"]
+    table = text_table(header, _memory_rows(report), right={1, 2, 3, 4}, max_width={})
+    out += ["  " + line for line in table.splitlines()]
     return "\n".join(out) + "\n"
 
 

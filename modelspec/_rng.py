@@ -131,6 +131,13 @@ class PortableInit(TorchDispatchMode):
         self.generator = generator
         self.unportable: set[str] = set()
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # TorchDispatchMode wraps a subclass's __torch_dispatch__ in torch._disable_dynamo,
+        # which imports torch._dynamo (and sympy: 2-4 s) on the first call. A build is never
+        # traced by dynamo, so opt out (the hook torch's own docstring gives for this).
+        return False
+
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         if func is _aten.uniform_.default or func is _aten.normal_.default:

@@ -24,13 +24,16 @@ from ._errors import UsageError
 __all__ = ["INDEX_SUFFIX", "index_path", "parse_size", "plan_shards", "shard_name", "shard_number"]
 
 INDEX_SUFFIX = ".index.json"
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
 
 
 def parse_size(size: int | str) -> int:
-    """Bytes from ``500MB``, ``5GB`` (powers of 10), ``2GiB`` (powers of 2) or a plain count.
+    """Bytes from ``500MB``, ``5GB``, ``16G`` (powers of 10), ``2GiB`` (powers of 2) or a plain
+    count: ``--max-shard-size`` and ``--max-memory``.
 
     Raises:
         UsageError: ``bad-size`` for anything else, or a size below 1 byte.
@@ -51,7 +54,7 @@ def parse_size(size: int | str) -> int:
             )
         value = int(float(m.group(1)) * _UNITS[unit]) if "." in m.group(1) else int(m.group(1)) * _UNITS[unit]
     if value < 1:
-        raise UsageError(f"a shard size must be at least 1 byte, got {size!r}", code="bad-size")
+        raise UsageError(f"a size must be at least 1 byte, got {size!r}", code="bad-size")
     return value
 
 

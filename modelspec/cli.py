@@ -69,12 +69,20 @@ def _parser() -> argparse.ArgumentParser:
         "  modelspec build specs/d2l/shared_mlp.yaml -o out/mlp --format json\n"
         "  modelspec build specs/zoo/gpt2.yaml --set n_layer=24 d_model=1024 n_head=16 -o build/gpt2-medium\n"
         "  modelspec build big.yaml --dtype bfloat16\n"
-        "  modelspec build big.yaml --max-shard-size 5GB",
+        "  modelspec build big.yaml --max-shard-size 5GB\n"
+        "  modelspec build big.yaml --max-memory 16GB",
     )
     b.add_argument("spec", metavar="SPEC", help="the YAML spec")
     b.add_argument("-o", "--out", metavar="DIR", help="output folder (default: build/<spec name>)")
     b.add_argument("--device", default="cpu", help="device to build on (default: cpu)")
     b.add_argument("--dtype", default=None, help="convert parameters to this dtype, e.g. bfloat16")
+    b.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        default="available",
+        help="refuse, before allocating, a model whose weights need more than SIZE (e.g. 16GB, 512MiB; "
+        "default: the memory available now)",
+    )
     b.add_argument("--format", choices=FORMATS, default="text", help="what to print on stdout")
     b.add_argument(
         "--max-shard-size",
@@ -323,6 +331,7 @@ def _cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         progress=_ProgressBar(err, "checksums"),
         overrides=_overrides(args),
         max_shard_size=args.max_shard_size,
+        max_memory=args.max_memory,
     )
     _print_diagnostics(result.warnings, err)
     t = result.report.totals

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import D2L, SEED_MODELS, bundled_specs
+from conftest import D2L, SEED_MODELS, SMALL_VARS, bundled_specs
 
 import modelspec
 from modelspec._diff import diff_reports
@@ -104,7 +104,7 @@ def test_golden_folded_report() -> None:
 
 @pytest.mark.parametrize("spec", bundled_specs(), ids=lambda p: p.name)
 def test_invariants(spec: Path) -> None:
-    model = modelspec.build(spec)
+    model = modelspec.build(spec, overrides=SMALL_VARS.get(spec.name))
     r = modelspec.report(model)
     t = r.totals
     assert t.naive_params - t.unique_params == t.saved_by_sharing

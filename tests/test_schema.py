@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import ROOT, bundled_specs
+from conftest import ROOT, SMALL_VARS, bundled_specs
 
 import modelspec
 from modelspec._schema import SCHEMA_FILES, render_schemas
@@ -80,7 +80,7 @@ def test_schema_offers_layer_names_and_arguments_for_completion() -> None:
 
 @pytest.mark.parametrize("spec", bundled_specs(), ids=lambda p: p.name)
 def test_emitted_reports_validate_against_schema(tmp_path: Path, spec: Path) -> None:
-    modelspec.write_build(spec, tmp_path / "b")
+    modelspec.write_build(spec, tmp_path / "b", overrides=SMALL_VARS.get(spec.name))
     report = json.loads((tmp_path / "b" / "report.json").read_text())
     assert list(_validator("report.schema.json").iter_errors(report)) == []
     meta_report = json.loads(modelspec.report(modelspec.build(spec, device="meta")).model_dump_json())

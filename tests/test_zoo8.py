@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+import test_bigmodels as tbm
 import torch
 import twins
 import twins_bert as tb
@@ -369,10 +370,12 @@ TWIN_SOURCES: dict[str, list[object]] = {
     "bert.yaml": [*_BERT, *_ENCODER, tb.BertModel, *_HEAD],
     "bert_model.yaml": [*_BERT, *_ENCODER, tb.BertPooler, tb.BertModel],
     "albert.yaml": [*_BERT, *_ALBERT],
+    "lenet.yaml": [tbm.lenet],
+    "llama3_70b.yaml": [tbm.Attention, tbm.MLP, tbm.Layer, tbm.Inner, tbm.Llama],
 }
 #: the specs not longer than their twins; the others repeat blocks that Python writes once with a
 #: width argument (ResNet's BasicBlock, U-Net's double_conv) or are a few lines either way
-SHORTER = {"gpt2.yaml", "bert.yaml", "bert_model.yaml", "albert.yaml"}
+SHORTER = {"gpt2.yaml", "bert.yaml", "bert_model.yaml", "albert.yaml", "llama3_70b.yaml"}
 
 
 def _python_lines(source: str) -> int:
