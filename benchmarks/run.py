@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt2 import gpt2_small
 
 import modelspec
-from modelspec._checkpoint import open_checkpoint, save_checkpoint, unique_state, usable_cores
+from modelspec._checkpoint import open_checkpoint, save_checkpoint, unique_state
 from modelspec._diff import diff_reports
 from modelspec._rng import normal_ as portable_normal_
-from modelspec._stats import raw_bytes
+from modelspec._stats import raw_bytes, usable_cores
 
 INDEX_NAME = "model.safetensors.index.json"
 

@@ -45,7 +45,7 @@ from ._spec import Spec
 from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
 from ._validate import Overrides, SpecSource, compile_spec, validate
 from ._wrap import INFO as _INFO
-from ._wrap import unwrap
+from ._wrap import has_ddp, unwrap
 from ._yaml_scalars import dump as dump_yaml
 
 __all__ = [
@@ -326,7 +326,7 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
     if is_sharded(module):
         return on_rank0(
             module,
-            lambda: _skeleton(module, None),
+            lambda: _skeleton(module, None, None),
             lambda plain: inventory(plain, _INFO[plain], progress=progress),
             render_json,
             lambda text: read_report(text, "<report from rank 0>"),
@@ -334,17 +334,33 @@ def report(module: nn.Module, *, progress: Progress | None = None) -> Report:
     return inventory(module, _INFO.get(module), progress=progress)
 
 
-def _skeleton(module: nn.Module, spec: SpecSource | None) -> nn.Module:
-    """The spec's model on meta, known to modelspec: to hold a sharded model's gathered values."""
+def _spec_for(module: nn.Module, spec: SpecSource | None, folder: Path | None) -> Resolved:
+    """The spec a module is saved or reported by: ``spec=``, else the module's own build, else
+    ``folder/spec.yaml`` (when saving into an existing build folder)."""
     info = _INFO.get(module)
     if spec is not None:
-        resolved = compile_spec(spec)
-    elif info is not None:
-        resolved = resolve(info.spec)
-    else:
-        raise UsageError("modelspec does not know this sharded module's spec: pass spec=... (its path or text)",
-                         code="no-spec")  # fmt: skip
-    skeleton, built = build_module(resolved, device="meta", transfer=False)
+        return compile_spec(spec)
+    if info is not None:
+        return resolve(info.spec)
+    if folder is not None and (folder / SPEC_FILE).is_file():
+        return _folder_spec(folder)
+    if folder is None:  # report(): no spec to pass
+        raise UsageError(
+            "modelspec does not know this sharded module's spec: report a model modelspec built or loaded "
+            "(or modelspec.save(model, DIR, spec=...) it and report DIR)",
+            code="no-spec",
+        )
+    raise BuildDirError(
+        f"modelspec does not know this module's spec and {folder} holds no {SPEC_FILE}: "
+        "pass spec=..., or save into the module's existing build folder",
+        code="no-spec",
+    )
+
+
+def _skeleton(module: nn.Module, spec: SpecSource | None, folder: Path | None) -> nn.Module:
+    """The spec's model on meta, known to modelspec: to hold a sharded model's gathered values."""
+    info = _INFO.get(module)
+    skeleton, built = build_module(_spec_for(module, spec, folder), device="meta", transfer=False)
     if info is not None and info.spec.sha256 == built.spec.sha256:
         built = replace(built, transfers=info.transfers)
     _INFO[skeleton] = built
@@ -495,26 +511,14 @@ def save(
         # rank 0 writes the folder from the gathered values; every rank returns its path
         return on_rank0(
             module,
-            lambda: _skeleton(module, spec),
+            lambda: _skeleton(module, spec, Path(build_dir)),
             lambda p: save(p, build_dir, spec=spec, max_shard_size=max_shard_size),
             str,
             Path,
         )
     out = Path(build_dir)
     recover(out)
-    info = _INFO.get(module)
-    if spec is not None:
-        resolved = compile_spec(spec)
-    elif info is not None:
-        resolved = resolve(info.spec)
-    elif (out / SPEC_FILE).is_file():
-        resolved = _folder_spec(out)
-    else:
-        raise BuildDirError(
-            f"modelspec does not know this module's spec and {out} holds no {SPEC_FILE}: "
-            "pass spec=..., or save into the module's existing build folder",
-            code="no-spec",
-        )
+    resolved = _spec_for(module, spec, out)
     expected, info = build_module(resolved, device="meta", transfer=False)  # structure only
     own = _INFO.get(module)
     if own is not None and own.spec.sha256 == info.spec.sha256:
@@ -681,6 +685,13 @@ def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = Tr
                 "modelspec does not know this module's spec: pass spec=... (the spec's path or text)", code="no-spec"
             )
         ties = info.spec.ties
+    if has_ddp(model) and check_ties(inner, ties):
+        # retie puts new Parameter objects in: DDP's reducer would go on syncing the old ones
+        raise UsageError(
+            "retie replaces parameters, which DistributedDataParallel would no longer synchronize: retie the "
+            "model first, then wrap it in DDP",
+            code="wrapped",
+        )
     retie_module(inner, ties, verify=verify)
     problems = check_ties(inner, ties)
     if problems:  # e.g. a module between them was replaced by one that cannot hold the tie
@@ -833,8 +844,10 @@ def open_target(
     if p.is_dir():
         module, ckpt = _load(p, torch.device("cpu"))
 
+        held = unique_state(module)[0]  # the values load just verified: not read again
+
         def weights(name: str) -> torch.Tensor:
-            return ckpt.read([name])[name]  # only that tensor, from its shard, checksum verified
+            return held[name]
 
         # load_into just checked every sha256: not computed again
         rep = inventory(module, _INFO.get(module), progress=progress, known_hashes=ckpt.sha256)

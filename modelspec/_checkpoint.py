@@ -65,7 +65,7 @@ import torch.nn as nn
 from ._errors import CheckpointError
 from ._files import remember_digest, tensors_digest
 from ._shards import INDEX_SUFFIX, index_path, parse_size, plan_shards, shard_name, shard_number
-from ._stats import raw_bytes, sha256_of
+from ._stats import raw_bytes, sha256_of, usable_cores
 from ._ties import OUTSIDE, transposed_map
 from ._transfer import Transfer, transfers_of, transfers_to_json
 from ._version import __version__
@@ -401,11 +401,6 @@ class Checkpoint:
                 if sha256_of(t) != self.sha256[name]:
                     raise _fail(path, "checksum-mismatch", f"checksum mismatch in '{name}': the file is damaged")
         return out
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _hex_sha256(data: memoryview) -> str:

@@ -101,6 +101,11 @@ def dcp_save(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) -> Path:
         )
     full = get_model_state_dict(inner)
     state = {name: full[name] for name in canonical}  # the aliases are the same tensors: not again
+    if _rank() == 0:
+        # DCP rewrites the data files in place and its .metadata last: without the old .metadata,
+        # a save that dies half-way leaves a folder that fails to load instead of mixed weights
+        (out / ".metadata").unlink(missing_ok=True)
+    _all_agree(True)  # no rank writes before that
     with _quietly():
         # overwrite: only a folder this function wrote gets here (checked above)
         dcp.save(state, storage_writer=dcp.FileSystemWriter(out, overwrite=True), no_dist=not _distributed())
@@ -117,9 +122,17 @@ def dcp_save(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) -> Path:
             "transposed_ties": transposed_map(inner),
         }
         tmp = out / (SIDE_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, out / SIDE_FILE)
-    _all_agree(True)  # no rank returns before the tie map is written
+        try:
+            tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, out / SIDE_FILE)
+            written = True
+        except OSError as e:
+            failure = f"cannot write {out / SIDE_FILE}: {e}"
+            written = False
+    else:
+        written, failure = True, "rank 0 could not write the tie map"
+    if not _all_agree(written):  # no rank returns before the tie map is written (or fails to be)
+        raise CheckpointError(failure, code="unwritable")
     return out
 
 
@@ -190,7 +203,12 @@ def dcp_load(model: nn.Module, checkpoint_dir: str | os.PathLike[str]) -> nn.Mod
     except Exception as e:  # DCP raises its own wrapper around what each rank hit
         raise CheckpointError(f"cannot load {folder}: {type(e).__name__}: {e}", code="unreadable") from e
     result = set_model_state_dict(inner, state, options=StateDictOptions(strict=False))
-    assert not result.unexpected_keys and set(result.missing_keys) <= set(ties), result
+    if result.unexpected_keys or not set(result.missing_keys) <= set(ties):
+        raise CheckpointError(
+            f"the model does not fit {folder}: missing {sorted(set(result.missing_keys) - set(ties))[:8]}, "
+            f"unexpected {sorted(result.unexpected_keys)[:8]}",
+            code="names-mismatch",
+        )
     if unique_state(inner)[1] != ties or transposed_map(inner) != transposed:
         raise CheckpointError("loading broke a tie", code="tie-mismatch")
     return model

@@ -60,8 +60,8 @@ _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
 _VERIFIED: set[tuple[object, ...]] = set()  # files whose sha256 matched, by identity and times
 _WRITTEN: dict[tuple[int, ...], str] = {}  # tensor digests of files this process just wrote, by identity and times
-#: the manifest's ``digest`` of a safetensors file: see :func:`tensors_digest`
-TENSORS_DIGEST = "safetensors-tensors"
+#: the manifest's key for a checkpoint file's digest (instead of ``sha256``): see :func:`tensors_digest`
+TENSORS_DIGEST = "tensors_sha256"
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
 
 
@@ -88,29 +88,17 @@ def make_folder(folder: Path) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path`` (creating missing folders) and rename it into place.
+    """Write ``text`` (UTF-8) to a temp file beside ``path`` (creating missing folders) and rename
+    it into place: see :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temp file beside ``path`` (creating missing folders) and rename it into place.
 
     Replaces whatever regular file is at ``path``: callers first ask
     :func:`modelspec._outfile.check_output_file` whether it may be replaced.
     """
-    target = Path(path)
-    if target.is_dir():
-        raise BuildDirError(f"{target} is a folder; give a file name", code="not-a-file")
-    make_folder(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """:func:`atomic_write_text` for bytes (an ONNX file): a temp file beside ``path``, renamed into place."""
     target = Path(path)
     if target.is_dir():
         raise BuildDirError(f"{target} is a folder; give a file name", code="not-a-file")
@@ -222,8 +210,7 @@ def _write_manifest(folder: Path) -> None:
             _fsync(Path(entry.path))
             files[entry.name] = {"bytes": st.st_size, "sha256": _sha256(Path(entry.path)), "mtime_ns": st.st_mtime_ns}
         else:
-            files[entry.name] = {"bytes": st.st_size, "sha256": known, "digest": TENSORS_DIGEST,
-                                 "mtime_ns": st.st_mtime_ns}  # fmt: skip
+            files[entry.name] = {"bytes": st.st_size, TENSORS_DIGEST: known, "mtime_ns": st.st_mtime_ns}
     doc = {"written_by": _WRITTEN_BY, "format": 1, "files": files}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -250,8 +237,7 @@ def _read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
             or "/" in name
             or not isinstance(rec, dict)
             or not all(isinstance(rec.get(k), int) and not isinstance(rec.get(k), bool) for k in ("bytes", "mtime_ns"))
-            or not isinstance(rec.get("sha256"), str)
-            or rec.get("digest", TENSORS_DIGEST) != TENSORS_DIGEST
+            or sum(isinstance(rec.get(k), str) for k in ("sha256", TENSORS_DIGEST)) != 1
         ):
             return None
     return files
@@ -273,10 +259,11 @@ def _why_not_ours(entry: os.DirEntry[str], record: dict[str, Any] | None) -> str
     if st.st_mtime_ns == record["mtime_ns"]:  # untouched since written: no need to hash it again
         return None
     # copied or touched: the sha256 decides, once per process for the same unchanged file
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, record["sha256"])
+    kind = TENSORS_DIGEST if TENSORS_DIGEST in record else "sha256"
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, record[kind])
     if key not in _VERIFIED:
-        digest = _tensors_digest_of if record.get("digest") == TENSORS_DIGEST else _sha256
-        if digest(Path(entry.path)) != record["sha256"]:
+        digest = _tensors_digest_of if kind == TENSORS_DIGEST else _sha256
+        if digest(Path(entry.path)) != record[kind]:
             return "was changed since modelspec wrote it"
         _VERIFIED.add(key)
     return None

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ._errors import TieMismatchError
+from ._distributed import is_sharded
+from ._errors import TieMismatchError, UsageError
 from ._ties import transposed_map
 from ._wrap import unwrap
 
@@ -109,8 +110,15 @@ def load_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, strict:
         TieMismatchError: ``aliases-disagree`` (keys of one tied tensor hold different
             values: the message names them and gives the largest difference);
             ``shape-mismatch``; with ``strict``, ``names-mismatch`` (missing or unexpected keys).
+        UsageError: ``sharded`` for an FSDP2-sharded model (use :func:`modelspec.dcp_load`).
     """
     model = unwrap(model)
+    if is_sharded(model):  # plain load_state_dict cannot copy into DTensors
+        raise UsageError(
+            "load_state_dict cannot load into an FSDP2-sharded model: use modelspec.dcp_load, or load the "
+            "state dict before modelspec.shard",
+            code="sharded",
+        )
     own = model.state_dict(keep_vars=True)
     sd = _without_wrapper_prefix(sd, own)
     groups: dict[int, list[str]] = {}

@@ -9,7 +9,6 @@ own traversal order (the name ``named_parameters()`` shows).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Annotated, Literal
@@ -20,7 +19,7 @@ import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._build import BuildInfo
-from ._stats import one_intraop_thread, sha256_of, summarize
+from ._stats import one_intraop_thread, sha256_of, summarize, usable_cores
 from ._ties import transposed_map
 from ._transfer import Transfer
 from ._version import __version__
@@ -233,11 +232,6 @@ def _group(named: Sequence[tuple[str, torch.Tensor]]) -> list[tuple[torch.Tensor
     return list(by_id.values())
 
 
-def _usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which container limits narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _values(
     everything: list[tuple[torch.Tensor, list[str], str]],
     known: dict[str, str],
@@ -314,7 +308,7 @@ def inventory(
         hashes = [None] * len(everything)
         stats = [None] * len(everything)
     else:
-        hashes, stats = _values(everything, known_hashes or {}, threads or _usable_cores(), progress)
+        hashes, stats = _values(everything, known_hashes or {}, threads or usable_cores(), progress)
 
     transposed = transposed_map(module)
     readers: dict[str, list[str]] = {}  # a source's canonical name -> the names that read it transposed

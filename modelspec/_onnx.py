@@ -49,6 +49,7 @@ from ._grads import example_batch
 from ._outfile import check_output_file
 from ._ties import transposed_map
 from ._version import __version__
+from ._wrap import unwrap
 
 __all__ = ["INSTALL_HINT", "OnnxCopy", "OnnxExport", "export_module", "export_onnx", "tie_groups"]
 
@@ -422,7 +423,7 @@ def export_onnx(
     if isinstance(model, nn.Module):
         if overrides:
             raise UsageError("overrides apply to a spec, not to a built module", code="bad-usage")
-        module = model
+        module = unwrap(model)  # torch.compile / DDP: the model inside, under its own names
     else:
         source = Path(model) if isinstance(model, os.PathLike) or "\n" not in str(model) else None
         if source is not None and source.exists():

@@ -156,12 +156,13 @@ def _compose_fast(text: str) -> yaml.Node | None:
 
     Only a plain-ASCII text within the depth limit, without plain scalars the two parsers may
     disagree on (:data:`_DISPUTED_PLAIN`), that libyaml reads without any error takes this
-    path. Every error, and every position in a non-ASCII text (where libyaml counts
+    path; so does no text with a tab (libyaml accepts 'Linear:\\t{...}' and 'ReLU\\t# x', PyYAML
+    does not). Every error, and every position in a non-ASCII text (where libyaml counts
     differently), comes from the Python loader, so messages and positions are the same
     whichever path a spec takes. The depth is counted on libyaml's events first: its
     composer recurses in C and must never see a document nested deeper than MAX_DEPTH.
     """
-    if _CParser is None or not text.isascii():
+    if _CParser is None or not text.isascii() or "\t" in text:  # libyaml takes tabs PyYAML refuses
         return None
     try:
         events = _CParser(text)

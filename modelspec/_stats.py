@@ -21,13 +21,14 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TensorSummary", "one_intraop_thread", "raw_bytes", "sha256_of", "summarize"]
+__all__ = ["TensorSummary", "one_intraop_thread", "raw_bytes", "sha256_of", "summarize", "usable_cores"]
 
 _CHUNK = 1 << 17  # measured: 1 << 15 spends its time in per-op overhead, 1 << 18 in memory traffic
 _LEAVES = 1 << 10
@@ -181,3 +182,8 @@ def summarize(t: torch.Tensor) -> TensorSummary:
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which container limits narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

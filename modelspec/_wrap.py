@@ -23,7 +23,7 @@ import torch.nn as nn
 if TYPE_CHECKING:
     from ._build import BuildInfo
 
-__all__ = ["ATTRIBUTE", "INFO", "unwrap"]
+__all__ = ["ATTRIBUTE", "INFO", "has_ddp", "unwrap"]
 
 #: the attribute of a built model's root module that holds its build information
 ATTRIBUTE = "_modelspec_build"
@@ -57,6 +57,20 @@ def unwrap(module: nn.Module) -> nn.Module:
         seen.add(id(inner))
         module = inner
     return module
+
+
+def has_ddp(module: nn.Module) -> bool:
+    """Whether a DistributedDataParallel wrapper is among ``module``'s wrappers."""
+    seen: set[int] = set()
+    while id(module) not in seen:
+        seen.add(id(module))
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            return True
+        inner = _inner(module)
+        if inner is None:
+            return False
+        module = inner
+    return False
 
 
 class _Carried:

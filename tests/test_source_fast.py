@@ -59,9 +59,20 @@ def test_bundled_specs_take_the_fast_path() -> None:
         "modelspec: 1\nmodel:\n-ReLU\n - ReLU\n",
         "modelspec: 1\nmodel: [ReLU\n",  # a syntax error: the Python loader's message
         "modelspec: 1\nname: caf\u00e9\nmodel: [ReLU]\n",  # not ASCII: positions by the Python loader
+        "modelspec: 1\nmodel:\n  - Linear:\t{in_features: 2, out_features: 3}\n",  # libyaml takes the tab
+        "modelspec: 1\nmodel:\n  - ReLU\t# activation\n",
         "modelspec: 1\nmodel: " + "[" * (_source.MAX_DEPTH + 1) + "]" * (_source.MAX_DEPTH + 1) + "\n",
     ],
-    ids=["continued-scalar", "colon-brace", "leading-dash", "syntax-error", "non-ascii", "too-deep"],
+    ids=[
+        "continued-scalar",
+        "colon-brace",
+        "leading-dash",
+        "syntax-error",
+        "non-ascii",
+        "tab-after-colon",
+        "tab-before-comment",
+        "too-deep",
+    ],
 )
 def test_disputed_texts_are_left_to_the_python_loader(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert _source._compose_fast(text) is None

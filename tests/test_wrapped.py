@@ -130,7 +130,15 @@ def test_retie_through_a_wrapper(wrapper: str, gloo: None) -> None:
     model = _build("gpt2")
     wrapped = WRAPPERS[wrapper](model)
     head = model.get_submodule("lm_head")
+    assert modelspec.retie(wrapped) is wrapped  # the ties hold: nothing to replace, whatever the wrapper
     head.weight = nn.Parameter(model.get_submodule("transformer.wte").weight.detach().clone())  # tie broken
+    if "ddp" in wrapper:
+        # DDP's reducer holds the Parameters it was given: a replaced one would silently stop syncing
+        with pytest.raises(modelspec.UsageError) as e:
+            modelspec.retie(wrapped)
+        assert e.value.code == "wrapped"
+        assert head.weight is not model.get_submodule("transformer.wte").weight  # nothing was changed
+        return
     assert modelspec.retie(wrapped) is wrapped
     assert head.weight is model.get_submodule("transformer.wte").weight
 
