@@ -844,7 +844,7 @@ def open_target(
     if p.is_dir():
         module, ckpt = _load(p, torch.device("cpu"))
 
-        held = unique_state(module)[0]  # the values load just verified: not read again
+        held = {k: v.detach() for k, v in unique_state(module)[0].items()}  # load just verified them
 
         def weights(name: str) -> torch.Tensor:
             return held[name]
