@@ -128,6 +128,9 @@ class SpecGraphModule(fx.GraphModule):
     and pickles by re-tracing the generated code (which calls a module used twice by its
     first name only)."""
 
+    #: set only while build_graph makes one (its child graph modules are new and compiled)
+    _children_compiled = False
+
     def __deepcopy__(self, memo: dict[int, Any]) -> SpecGraphModule:
         copied = SpecGraphModule.__new__(SpecGraphModule)
         memo[id(self)] = copied
@@ -143,6 +146,13 @@ class SpecGraphModule(fx.GraphModule):
         # a library does not print (the traceback still shows the generated line).
         type(self).__call__ = nn.Module.__call__
         return code
+
+    def _recompile_submodules(self) -> list[Any]:
+        if self._children_compiled:
+            # a new graph module over children each generated its own forward when it was made:
+            # generating theirs again (fx does, for every level) only costs time (deep models)
+            return []
+        return super()._recompile_submodules()
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_graph"}
@@ -229,7 +239,11 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     else:
         g.output(value(graph.outputs[0]))
     g.lint()
-    module = SpecGraphModule(root, g, class_name="GraphModule")
+    SpecGraphModule._children_compiled = True
+    try:
+        module = SpecGraphModule(root, g, class_name="GraphModule")
+    finally:
+        SpecGraphModule._children_compiled = False
     # fx copied the targets it needs, with plain nn.Module() containers: hold exactly the
     # objects built here instead, in the written order.
     module._modules = OrderedDict(root._modules)
