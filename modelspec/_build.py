@@ -17,7 +17,7 @@ import contextlib
 import inspect
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -687,25 +687,36 @@ def _works_with_other_dtype(module: nn.Module, args: tuple[Any, ...]) -> bool:
     return True
 
 
-def _passes_on_meta(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> bool:
-    """Run ``model`` on a meta copy of ``x`` with every tensor swapped for a meta stand-in
-    (one per unique tensor, so ties hold); put the real tensors back whatever happens."""
-    stand_ins: dict[int, torch.Tensor] = {}
+@contextlib.contextmanager
+def _stand_ins(
+    model: nn.Module, make: Callable[[torch.Tensor], torch.Tensor], only_meta: bool = False
+) -> Iterator[None]:
+    """Swap every parameter and buffer of ``model`` (only the meta ones with ``only_meta``) for
+    ``make(tensor)``, one stand-in per unique tensor so that ties hold; put the tensors back
+    whatever happens."""
+    made: dict[int, torch.Tensor] = {}
     saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []
     try:
         for m in model.modules():
             for store in (m._parameters, m._buffers):
                 for key, t in store.items():
-                    if t is not None:
+                    if t is not None and (t.is_meta or not only_meta):
                         saved.append((store, key, t))
-                        store[key] = stand_ins.setdefault(id(t), torch.empty_like(t, device="meta"))
-        model(*(x.to("meta") for x in xs))
-        return True
-    except Exception:  # noqa: BLE001 - the real pass reports it, or shows it was a false alarm
-        return False
+                        store[key] = made.setdefault(id(t), make(t))
+        yield
     finally:
         for store, key, t in reversed(saved):
             store[key] = t
+
+
+def _passes_on_meta(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> bool:
+    """Run ``model`` on a meta copy of ``x`` with every tensor swapped for a meta stand-in."""
+    try:
+        with _stand_ins(model, lambda t: torch.empty_like(t, device="meta")):
+            model(*(x.to("meta") for x in xs))
+        return True
+    except Exception:  # noqa: BLE001 - the real pass reports it, or shows it was a false alarm
+        return False
 
 
 #: A model is run for real (not on meta) when it holds at most this many elements and each
@@ -731,19 +742,8 @@ def _passes_on_cpu(model: nn.Module, examples: list[tuple[InputSpec, str]], trac
     """Run a model built on ``meta`` for real on CPU, with zero-filled stand-ins for its
     tensors (one per unique tensor, so ties hold); put the meta tensors back whatever happens.
     Zeros are valid indices and finite values, so only shapes and dtypes can make it fail."""
-    stand_ins: dict[int, torch.Tensor] = {}
-    saved: list[tuple[dict[str, Any], str, torch.Tensor]] = []
-    try:
-        for m in model.modules():
-            for store in (m._parameters, m._buffers):
-                for key, t in store.items():
-                    if t is not None and t.is_meta:
-                        saved.append((store, key, t))
-                        store[key] = stand_ins.setdefault(id(t), torch.zeros(t.shape, dtype=t.dtype, device="cpu"))
+    with _stand_ins(model, lambda t: torch.zeros(t.shape, dtype=t.dtype, device="cpu"), only_meta=True):
         return _passes(model, tuple(example_tensor(e, "cpu", where) for e, where in examples), tracer)
-    finally:
-        for store, key, t in reversed(saved):
-            store[key] = t
 
 
 def _is_lazy(module: nn.Module) -> bool:
