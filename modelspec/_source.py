@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from yaml.events import CollectionEndEvent, CollectionStartEvent, ScalarEvent
+from yaml.events import CollectionEndEvent, CollectionStartEvent
 
 from ._errors import Collector, Diagnostic, SpecError, SpecPath
 from ._yaml_hints import explain_syntax_error, line_col, suspicious_plain_scalar
@@ -159,34 +159,45 @@ def _compose_fast(text: str) -> yaml.Node | None:
     path; so does no text with a tab (libyaml accepts 'Linear:\\t{...}' and 'ReLU\\t# x', PyYAML
     does not). Every error, and every position in a non-ASCII text (where libyaml counts
     differently), comes from the Python loader, so messages and positions are the same
-    whichever path a spec takes. The depth is counted on libyaml's events first: its
-    composer recurses in C and must never see a document nested deeper than MAX_DEPTH.
+    whichever path a spec takes. libyaml refuses to nest deeper than 1,000 levels itself (its
+    composer recurses in C), so the tree it returns can be walked for MAX_DEPTH afterwards.
     """
     if _CParser is None or not text.isascii() or "\t" in text:  # libyaml takes tabs PyYAML refuses
         return None
     try:
-        events = _CParser(text)
-        depth = 0
-        try:
-            while (event := events.get_event()) is not None:
-                if isinstance(event, CollectionStartEvent):
-                    depth += 1
-                    if depth > MAX_DEPTH:
-                        return None
-                elif isinstance(event, CollectionEndEvent):
-                    depth -= 1
-                elif isinstance(event, ScalarEvent) and not event.style:
-                    if event.end_mark.line > event.start_mark.line or _DISPUTED_PLAIN.search(event.value):
-                        return None
-        finally:
-            events.dispose()
         loader = _FastLoader(text)
         try:
-            return loader.get_single_node()
+            node = loader.get_single_node()
         finally:
             loader.dispose()
     except yaml.YAMLError:
         return None
+    return node if node is not None and _plain_and_shallow(node) else None
+
+
+def _plain_and_shallow(root: yaml.Node) -> bool:
+    """Whether no collection of the tree nests deeper than MAX_DEPTH and no plain scalar is a
+    disputed one. Walked in document order, each node once: an anchored node's first visit is
+    its definition, at the depth PyYAML's event count gives it (aliases add no depth)."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            if not node.style and (node.end_mark.line > node.start_mark.line or _DISPUTED_PLAIN.search(node.value)):
+                return False
+            continue
+        if depth + 1 > MAX_DEPTH:
+            return False
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = list(node.value)
+        stack.extend((child, depth + 1) for child in reversed(children))
+    return True
 
 
 @dataclass(frozen=True)
