@@ -245,9 +245,11 @@ def test_two_gloo_ranks_shard_save_report_and_checkpoint_with_ties(tmp_path: Pat
     # units: the shared block and the tied pair are units; the layers too (the policy)
     assert r0["units"] == r1["units"] == ["", "emb", "h.0", "h.0.1", "h.1", "head"]
     assert r0["lm_tied"] and r1["lm_tied"] and r0["lm_dtensor"] == "DTensor"
-    # 3 SGD steps on 2 ranks equal one process on the whole batch (float32 sums in another order)
-    assert r0["lm_diff"] < 1e-5
-    assert r0["ae_diff"] < 1e-5 and r0["ae_tied"] and r1["ae_tied"]
+    # 3 SGD steps on 2 ranks equal one process on the whole batch, up to float32 sums in another
+    # order, which 3 steps at lr 0.5 amplify and which depend on the CPU's SIMD width (2.3e-5 measured
+    # with ATEN_CPU_CAPABILITY=default); the ties themselves are checked by identity
+    assert r0["lm_diff"] < 1e-4
+    assert r0["ae_diff"] < 1e-4 and r0["ae_tied"] and r1["ae_tied"]
     assert r1["lm_full_empty"]
 
     # save: the normal build folder from rank 0, nothing from rank 1 (whose path is ignored)
