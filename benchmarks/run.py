@@ -42,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpt2 import gpt2_small
+from timing import best
 
 import modelspec
 from modelspec._checkpoint import open_checkpoint, save_checkpoint, unique_state
@@ -50,15 +51,6 @@ from modelspec._rng import normal_ as portable_normal_
 from modelspec._stats import raw_bytes, usable_cores
 
 INDEX_NAME = "model.safetensors.index.json"
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def plain_hash_loop(module: torch.nn.Module) -> list[str]:

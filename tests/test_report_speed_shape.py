@@ -27,14 +27,6 @@ def _model() -> nn.Module:
     return net
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("threads", [2, 3, 8])
 def test_the_report_does_not_depend_on_the_thread_count(threads: int) -> None:
     net = _model()

@@ -24,14 +24,6 @@ class _Threads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_statistics_ops_run_on_one_thread_and_the_setting_is_restored(two_threads) -> None:
     x = torch.randn(300_000, generator=torch.Generator().manual_seed(1))
     with _Threads() as mode:
