@@ -76,7 +76,6 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "find_checkpoint",
-    "load_checkpoint",
     "metadata_digest",
     "open_checkpoint",
     "save_checkpoint",
@@ -682,19 +681,6 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def load_checkpoint(module: nn.Module, path: Path, *, spec_sha256: str) -> dict[str, str]:
-    """Copy the checkpoint at ``path`` into ``module`` in place, verifying everything.
-
-    Raises CheckpointError when the header or metadata are damaged or edited, when the
-    file was written for another spec, or when names, ties, shapes, dtypes or checksums
-    differ; ``module`` is unchanged in that case.
-    """
-    ckpt = open_checkpoint(path)
-    ckpt.check_spec(spec_sha256)
-    ckpt.load_into(module)
-    return ckpt.metadata
 
 
 def _tie_difference(path: Path, model: dict[str, str], file: dict[str, str]) -> str:
