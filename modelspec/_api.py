@@ -31,6 +31,7 @@ from ._errors import (
     UsageError,
 )
 from ._files import atomic_dir, check_target, recover
+from ._flow import generate_code
 from ._fmt import human_bytes
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
@@ -693,6 +694,7 @@ def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = Tr
             code="wrapped",
         )
     retie_module(inner, ties, verify=verify)
+    generate_code(inner)  # a model built on meta runs after retie: its forwards are made now
     problems = check_ties(inner, ties)
     if problems:  # e.g. a module between them was replaced by one that cannot hold the tie
         raise TieMismatchError("cannot restore the ties: " + "; ".join(problems[:8]), code="tie-mismatch")
@@ -746,6 +748,7 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
         info = _INFO[skeleton]
         module = skeleton.to_empty(device=device)
         retie_module(module, resolved.spec.ties, verify=False)  # to_empty breaks parameter ties; values come next
+        generate_code(module)  # built on meta, where forwards wait for a first call
         if unique_state(module)[1] == ties and transposed_map(module) == transposed:
             _INFO[module] = info
             return module

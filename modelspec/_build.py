@@ -28,7 +28,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, first_line, format_path
-from ._flow import GraphInfo
+from ._flow import GraphInfo, generate_code
 from ._fmt import human_bytes
 from ._initialize import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
@@ -202,6 +202,8 @@ def build_module(
     errors.raise_if_errors()
     if dtype is not None:
         root = root.to(dtype)  # keeps module and parameter ties (see TIES-IN-TORCH.md)
+    if device.type != "meta":  # on meta (counted, reported, estimated) forwards wait for a first call
+        generate_code(root)
     return root, replace(info, transfers=transfers)
 
 

@@ -128,8 +128,9 @@ class SpecGraphModule(fx.GraphModule):
     and pickles by re-tracing the generated code (which calls a module used twice by its
     first name only)."""
 
-    #: set only while build_graph makes one (its child graph modules are new and compiled)
-    _children_compiled = False
+    #: set only while build_graph makes one: its child graph modules are new (their code is
+    #: generated, or will be on their first call), and its own code can wait for its first call
+    _fresh = False
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SpecGraphModule:
         copied = SpecGraphModule.__new__(SpecGraphModule)
@@ -141,6 +142,11 @@ class SpecGraphModule(fx.GraphModule):
         return copied
 
     def recompile(self) -> Any:
+        if SpecGraphModule._fresh:
+            # a new graph module generates its forward when it is first called: a model built
+            # to be counted or reported (a 70B spec on meta: 241 graphs) never needs the code
+            type(self).forward = _forward_on_first_call
+            return None
         code = super().recompile()
         # fx wraps __call__ to print the generated source to stderr when forward raises;
         # a library does not print (the traceback still shows the generated line).
@@ -148,15 +154,38 @@ class SpecGraphModule(fx.GraphModule):
         return code
 
     def _recompile_submodules(self) -> list[Any]:
-        if self._children_compiled:
-            # a new graph module over children each generated its own forward when it was made:
-            # generating theirs again (fx does, for every level) only costs time (deep models)
+        if self._fresh:
+            # a new graph module's children are new too, each with its own forward (or one to be
+            # generated on its first call): fx would generate theirs again, at every level
             return []
         return super()._recompile_submodules()
+
+    @property
+    def code(self) -> str:
+        generate_code(self)
+        return super().code
+
+    def __str__(self) -> str:
+        generate_code(self)
+        return super().__str__()
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = {k: v for k, v in self.__dict__.items() if k != "_graph"}
         return (_restore, (state, _graph_rows(self.graph)))
+
+
+def _forward_on_first_call(self: SpecGraphModule, *args: Any, **kwargs: Any) -> Any:
+    """The forward of a graph module whose code is not generated yet: generate, then run it."""
+    self.recompile()
+    return self.forward(*args, **kwargs)
+
+
+def generate_code(module: nn.Module) -> None:
+    """Generate the forward of every graph module in ``module`` that waits for its first call
+    (before anything inspects ``forward`` itself: ``torch.compile``, ``torch.export``)."""
+    for m in module.modules():
+        if isinstance(m, SpecGraphModule) and "_code" not in m.__dict__:
+            m.recompile()
 
 
 def _chain(g: fx.Graph, targets: list[str], args: tuple[Any, ...], kwargs: dict[str, Any], node: GraphNode,
@@ -239,11 +268,11 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     else:
         g.output(value(graph.outputs[0]))
     g.lint()
-    SpecGraphModule._children_compiled = True
+    SpecGraphModule._fresh = True
     try:
         module = SpecGraphModule(root, g, class_name="GraphModule")
     finally:
-        SpecGraphModule._children_compiled = False
+        SpecGraphModule._fresh = False
     # fx copied the targets it needs, with plain nn.Module() containers: hold exactly the
     # objects built here instead, in the written order.
     module._modules = OrderedDict(root._modules)
