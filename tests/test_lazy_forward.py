@@ -8,7 +8,10 @@ built model is an ordinary GraphModule for ``torch.compile``/``torch.export``.
 from __future__ import annotations
 
 import copy
+import os
 import pickle
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +100,23 @@ def test_loaded_models_have_their_code(tmp_path: Path, generations: list[int]) -
     generations.clear()
     loaded = modelspec.load(folder)
     assert len(generations) == len({id(m) for m in graph_modules(loaded)})
+
+
+PROBE = """\
+import atexit, gc, sys
+
+OFF_AT_IMPORT = not gc.isenabled()
+atexit.register(lambda: sys.stderr.write(f"probe: off at import {OFF_AT_IMPORT}, on at exit {gc.isenabled()}\\n"))
+"""
+
+
+def test_the_modelspec_process_builds_with_the_collector_on(tmp_path: Path) -> None:
+    """The command keeps the cyclic collector off only while torch is imported (then the
+    imports' objects are frozen): the build itself, however long, runs with it on."""
+    (tmp_path / "gc_probe.py").write_text(PROBE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "modelspec", "build", str(ROOT / "specs" / "zoo" / "lenet.yaml"), "-o", str(out)]
+    done = subprocess.run([*cmd, "--plugin", "gc_probe"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "probe: off at import True, on at exit True" in done.stderr
