@@ -389,7 +389,7 @@ def _write_folder(
         fault_point("wrote-spec")
         hashes = {e.name: e.sha256 for e in rep.tensors if e.sha256}
         save_checkpoint(module, tmp / CHECKPOINT_FILE, spec_sha256=info.spec.sha256, hashes=hashes,
-                        transfers=info.transfers, max_shard_size=max_shard_size)  # fmt: skip
+                        transfers=info.transfers, max_shard_size=max_shard_size, sync=False)  # fmt: skip
         fault_point("wrote-checkpoint")
         (tmp / REPORT_JSON).write_text(render_json(rep), encoding="utf-8")
         (tmp / REPORT_MD).write_text(render_md(rep), encoding="utf-8")

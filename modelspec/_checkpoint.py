@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 
 from ._errors import CheckpointError
-from ._files import remember_digest, tensors_digest
+from ._files import remember_digest, sync_later, tensors_digest
 from ._shards import INDEX_SUFFIX, index_path, parse_size, plan_shards, shard_name, shard_number
 from ._stats import raw_bytes, sha256_of, usable_cores
 from ._ties import OUTSIDE, transposed_map
@@ -146,6 +146,7 @@ def save_checkpoint(
     hashes: dict[str, str] | None = None,
     transfers: tuple[Transfer, ...] = (),
     max_shard_size: int | str | None = None,
+    sync: bool = True,
 ) -> dict[str, str]:
     """Write ``module``'s unique tensors to ``path``; return the metadata written.
 
@@ -154,7 +155,9 @@ def save_checkpoint(
     to avoid hashing twice. ``transfers``: what init rules took from other build folders.
     ``max_shard_size`` (bytes, or text like ``"5GB"``): when the tensor data exceed it, they
     are written as shards beside ``path`` with an index file instead of ``path`` itself.
-    Every file is on disk (fsync) when this returns.
+    Every file is on disk (fsync) when this returns; with ``sync=False`` (inside a build
+    folder being written) the fsyncs run in the background and the folder waits for them
+    before it is sealed.
     """
     if not _HEX64.fullmatch(spec_sha256 or ""):
         raise CheckpointError(f"a checkpoint needs the spec's sha256, got {spec_sha256!r}", code="metadata-missing")
@@ -192,7 +195,7 @@ def save_checkpoint(
     total = sum(size for _, size in sizes)
     if limit is None or total <= limit:
         metadata[DIGEST] = metadata_digest(metadata)
-        write_safetensors(path, data, metadata, digests)
+        write_safetensors(path, data, metadata, digests, sync=sync)
         return metadata
     shards = plan_shards(sizes, limit)
     files = [shard_name(path, i + 1, len(shards)) for i in range(len(shards))]
@@ -200,9 +203,9 @@ def save_checkpoint(
     metadata[DIGEST] = metadata_digest({**metadata, **_shard_fields(weight_map, total)})
     for names, file in zip(shards, files, strict=True):
         shard_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, SHARD_DIGEST: metadata[DIGEST]}
-        write_safetensors(path.parent / file, {n: data[n] for n in names}, shard_meta, digests)
+        write_safetensors(path.parent / file, {n: data[n] for n in names}, shard_meta, digests, sync=sync)
     index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
-    _write_durably(index_path(path), [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")])
+    _write_durably(index_path(path), [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode("utf-8")], sync=sync)
     return metadata
 
 
@@ -212,7 +215,12 @@ def _shard_fields(weight_map: dict[str, str], total: int) -> dict[str, str]:
 
 
 def write_safetensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], digests: Mapping[str, str] | None = None
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    digests: Mapping[str, str] | None = None,
+    *,
+    sync: bool = True,
 ) -> None:
     """Write the safetensors format with a deterministic header, and fsync it.
 
@@ -231,20 +239,24 @@ def write_safetensors(
     blob = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
     head = struct.pack("<Q", len(blob)) + blob
-    _write_durably(path, [head, *(raw_bytes(t) for t in tensors.values())])
+    _write_durably(path, [head, *(raw_bytes(t) for t in tensors.values())], sync=sync)
     in_file_order = sorted(tensors, key=lambda n: header[n]["data_offsets"])
     sums = [(digests or {}).get(n) or sha256_of(tensors[n]) for n in in_file_order]
     remember_digest(path, tensors_digest(head, sums))
 
 
-def _write_durably(path: Path, parts: list[bytes | memoryview]) -> None:
-    """Write ``parts`` to ``path`` and fsync it."""
+def _write_durably(path: Path, parts: list[bytes | memoryview], *, sync: bool = True) -> None:
+    """Write ``parts`` to ``path`` and fsync it (``sync=False``: in the background, awaited
+    before the build folder being written is sealed; see :func:`~modelspec._files.sync_later`)."""
     with open(path, "wb", buffering=0) as f:
         for part in parts:
             view = memoryview(part).cast("B")
             while view:  # a write may take less than asked (e.g. above 2 GiB on Linux)
                 view = view[f.write(view) :]
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
+        else:
+            sync_later(os.dup(f.fileno()))
 
 
 # ------------------------------------------------------------------ reading and verifying

@@ -36,6 +36,7 @@ import socket
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ _MARKER = "writer.json"
 _WRITTEN_BY = "modelspec"
 _VERIFIED: set[tuple[object, ...]] = set()  # files whose sha256 matched, by identity and times
 _WRITTEN: dict[tuple[int, ...], str] = {}  # tensor digests of files this process just wrote, by identity and times
+_SYNCING: dict[tuple[int, ...], Future[None]] = {}  # background fsyncs of files just written (sync_later)
+_SYNCER: ThreadPoolExecutor | None = None
 #: the manifest's key for a checkpoint file's digest (instead of ``sha256``): see :func:`tensors_digest`
 TENSORS_DIGEST = "tensors_sha256"
 _WRAPPER = re.compile(r"(tmp|old)-(\d+)-[a-z0-9_]+")
@@ -184,12 +187,34 @@ def remember_digest(path: Path, digest: str) -> None:
     _WRITTEN[_identity(os.stat(path))] = digest
 
 
+def sync_later(fd: int) -> None:
+    """Take over ``fd`` (a file just written in a folder :func:`atomic_dir` is making): fsync
+    and close it in the background, so the disk works while the rest of the folder is written.
+    The folder is sealed only after every such sync has returned (and raises its error)."""
+    key = _identity(os.fstat(fd))  # before the worker may close it
+    _SYNCING[key] = _syncer().submit(_sync_and_close, fd)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _syncer() -> ThreadPoolExecutor:
+    global _SYNCER
+    if _SYNCER is None:
+        _SYNCER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelspec-fsync")
+    return _SYNCER
 
 
 def _sync_folder(folder: Path) -> None:
@@ -199,18 +224,28 @@ def _sync_folder(folder: Path) -> None:
 
 
 def _write_manifest(folder: Path) -> None:
-    """Record every file in ``folder`` (all written by this process just now), and sync them all."""
+    """Record every file in ``folder`` (all written by this process just now), and sync them all.
+
+    The files are synced side by side (fsync waits on the disk, not the CPU), with any
+    sync already started by :func:`sync_later`; the manifest is written after all of them."""
     files: dict[str, dict[str, Any]] = {}
+    syncs: list[Future[None]] = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_file(follow_symlinks=False):
             raise BuildDirError(f"internal: {entry.path} is not a regular file", code="not-a-file")
         st = entry.stat(follow_symlinks=False)
-        known = _WRITTEN.pop(_identity(st), None)  # a checkpoint file: its writer gave its digest (and synced it)
+        started = _SYNCING.pop(_identity(st), None)
+        if started is None:
+            syncs.append(_syncer().submit(_fsync, Path(entry.path)))
+        else:
+            syncs.append(started)
+        known = _WRITTEN.pop(_identity(st), None)  # a checkpoint file: its writer gave its digest
         if known is None:
-            _fsync(Path(entry.path))
             files[entry.name] = {"bytes": st.st_size, "sha256": _sha256(Path(entry.path)), "mtime_ns": st.st_mtime_ns}
         else:
             files[entry.name] = {"bytes": st.st_size, TENSORS_DIGEST: known, "mtime_ns": st.st_mtime_ns}
+    for sync in syncs:
+        sync.result()  # raises a failed fsync's OSError: the folder is not sealed
     doc = {"written_by": _WRITTEN_BY, "format": 1, "files": files}
     with open(folder / MANIFEST_FILE, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")

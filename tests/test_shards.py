@@ -184,11 +184,11 @@ def test_a_failed_save_leaves_the_old_complete_set(tmp_path: Path, monkeypatch: 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real, calls = _checkpoint.write_safetensors, []
 
-    def fail_on_second_shard(path: Path, *args: Any) -> None:
+    def fail_on_second_shard(path: Path, *args: Any, **kwargs: Any) -> None:
         calls.append(path)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        real(path, *args)
+        real(path, *args, **kwargs)
 
     monkeypatch.setattr(_checkpoint, "write_safetensors", fail_on_second_shard)
     with torch.no_grad():
