@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.nn.parameter import UninitializedParameter
+from torch.nn.parameter import UninitializedParameter, UninitializedTensorMixin
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, first_line, format_path
@@ -307,7 +307,7 @@ def _materialize(
         if found is not None:
             examples[name] = found
             continue
-        mine = [(n, m) for n, m in model.named_modules() if _is_lazy(m)]
+        mine = [(n, m) for n, m in model.named_modules() if _is_lazy(m)] if lazy else []
         if mine:
             where, module = mine[0]
             node = spec.roots[name]
@@ -373,8 +373,8 @@ def _materialize(
             h.remove()
         for m, training in modes.items():
             m.training = training
-    for name, module in root.named_modules():
-        if any(isinstance(p, UninitializedParameter) for p in module.parameters(recurse=False)):
+    for name, module in root.named_modules() if lazy else ():
+        if any(isinstance(p, UninitializedParameter) for p in module._parameters.values()):
             errors.add(
                 "missing-input",
                 f"{type(module).__name__} at '{name}' was not reached by the example input",
@@ -749,9 +749,10 @@ def _passes_on_cpu(model: nn.Module, examples: list[tuple[InputSpec, str]], trac
 
 
 def _is_lazy(module: nn.Module) -> bool:
-    return any(isinstance(t, UninitializedParameter) for t in module.parameters(recurse=False)) or any(
-        isinstance(t, torch.nn.parameter.UninitializedBuffer) for t in module.buffers(recurse=False)
-    )
+    """Whether ``module`` holds a parameter or buffer still to be sized by a first call. (Read
+    from its own dicts: ``parameters(recurse=False)`` costs more than the test, on 70B's 2,000 modules.)"""
+    held = itertools.chain(module._parameters.values(), module._buffers.values())
+    return any(isinstance(t, UninitializedTensorMixin) for t in held)
 
 
 def _info(root: nn.Module, spec: Spec, builder: _Builder) -> BuildInfo:
