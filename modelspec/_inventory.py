@@ -445,10 +445,20 @@ def _const(value: object) -> str | None:
     return type(value).__name__
 
 
-def _flow_node(node: fx.Node, tensors: set[str]) -> FlowNode:
+def _holds_tensor(module: nn.Module, target: str) -> bool:
+    """Whether ``target`` (a get_attr's dotted name) is a parameter or buffer of ``module``."""
+    *path, attr = target.split(".")
+    for name in path:
+        module = module._modules.get(name)  # type: ignore[assignment]
+        if module is None:
+            return False
+    return module._parameters.get(attr) is not None or module._buffers.get(attr) is not None
+
+
+def _flow_node(node: fx.Node, module: nn.Module) -> FlowNode:
     kind = {"placeholder": "input", "call_module": "module", "call_function": "function",
             "call_method": "method", "get_attr": "tensor", "output": "output"}[node.op]  # fmt: skip
-    if kind == "tensor" and node.target not in tensors:
+    if kind == "tensor" and not _holds_tensor(module, str(node.target)):
         kind = "constant"
     target = node.target
     if node.op == "call_function":
@@ -469,9 +479,7 @@ def _flows(module: nn.Module) -> list[Flow]:
         seen.add(id(m))
         nodes = list(m.graph.nodes)
         edges = [FlowEdge(src=i.name, dst=n.name) for n in nodes for i in n.all_input_nodes]
-        tensors = {n for n, _ in m.named_parameters(remove_duplicate=False)}
-        tensors |= {n for n, _ in m.named_buffers(remove_duplicate=False)}
-        flows.append(Flow(module=name, nodes=[_flow_node(n, tensors) for n in nodes], edges=edges))
+        flows.append(Flow(module=name, nodes=[_flow_node(n, m) for n in nodes], edges=edges))
     return flows
 
 
