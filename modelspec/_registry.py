@@ -524,10 +524,15 @@ def live_reserved_names() -> dict[str, frozenset[str]]:
     import torch.fx as fx
     import torch.nn as nn
 
+    def names(obj: object) -> frozenset[str]:
+        # torch.compile marks nn.Module classes at run time (``___needs_generation_tag_patch``):
+        # such names are no part of the classes and would make the table depend on what ran before
+        return frozenset(n for n in dir(obj) if not n.startswith("___"))
+
     return {
-        "Sequential": frozenset(dir(nn.Sequential())),
-        "ModuleDict": frozenset(dir(nn.ModuleDict())),
-        "GraphModule": frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph()))),
+        "Sequential": names(nn.Sequential()),
+        "ModuleDict": names(nn.ModuleDict()),
+        "GraphModule": names(fx.GraphModule(nn.Module(), fx.Graph())),
     }
 
 
