@@ -8,17 +8,34 @@ constructor, with the constructor's own parameters and defaults (a test compares
 the registry's entries, and every formula with the constructed layer over a grid of
 arguments). Where a constructor would refuse its arguments a formula returns None, and so
 does :func:`describe` for any layer not described here: the caller then builds on ``meta``,
-so the answer is always the constructor's.
+so the answer is always the constructor's. The formulas are used only with the torch version
+they were checked against (:data:`CHECKED_WITH`; another one builds on ``meta``): a test
+fails when the installed torch differs, to be rerun and the version bumped.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DESCRIBED", "LayerTensors", "Tensor", "describe"]
+__all__ = ["CHECKED_WITH", "DESCRIBED", "LayerTensors", "Tensor", "describe", "formulas_hold"]
+
+#: The torch version whose constructors the formulas were compared with (tests/test_validate_tiefree.py).
+CHECKED_WITH = "2.13.0"
+
+
+@functools.cache
+def formulas_hold() -> bool:
+    """Whether the installed torch is the one the formulas were checked against (read from
+    the package's metadata: torch is not imported)."""
+    try:
+        return importlib.metadata.version("torch").split("+")[0] == CHECKED_WITH
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ build runs: :func:`~modelspec._ties.apply_ties`, :func:`check_tied_params`,
 :func:`apply_trainable` and :func:`~modelspec._init_select.plan_init`.
 
 :func:`check_without_torch` returns False when the skeleton cannot answer (a layer not
-described, a layer taking a module, plugins, an init rule reading another build folder):
+described, a layer taking a module, plugins, a torch version the layer formulas were not
+checked with, an init rule reading another build folder):
 the caller then builds on ``meta``.
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath
-from ._layer_tensors import LayerTensors, describe
+from ._layer_tensors import LayerTensors, describe, formulas_hold
 from ._nodes import Call, FreeTensor, Graph, InputSpec, Layer, Node, Op
 from ._resolve import Resolved, unused_params
 from ._spec import Spec
@@ -260,8 +261,8 @@ def check_without_torch(resolved: Resolved) -> bool:
         SpecError: the diagnostics the build would raise.
     """
     spec = resolved.spec
-    if registry._described() is None or any(rule.source is not None for rule in spec.init):
-        return False  # plugins (their classes are read, imported) or 'from:' (reads a build folder)
+    if registry._described() is None or not formulas_hold() or any(r.source is not None for r in spec.init):
+        return False  # plugins (their classes are read), another torch, or 'from:' (reads a build folder)
     made = skeleton(resolved)
     if made is None:
         return False

@@ -568,3 +568,37 @@ def test_a_tie_error_is_reported_without_torch(tmp_path: Path) -> None:
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "error[tie-shape]" in done.stderr
+
+
+def test_the_formulas_were_checked_with_this_torch() -> None:
+    """Fails after a torch upgrade: rerun this file's layer tests, then bump CHECKED_WITH."""
+    assert _layer_tensors.CHECKED_WITH == torch.__version__.split("+")[0]
+    assert _layer_tensors.formulas_hold()
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["lazy", "module-argument", "from", "plugin", "other-torch"],
+)
+def test_what_the_skeleton_cannot_tell_is_built_on_meta(why: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = CASES["shapes"]
+    if why == "lazy":
+        text = text.replace("- Linear: [4, 8]", "- LazyLinear: 8")
+    elif why == "module-argument":
+        text = (
+            _SEQ + "model:\n  - TransformerEncoder: {encoder_layer: {TransformerEncoderLayer: [4, 2]}, num_layers: 1}\n"
+        )
+        text += "init:\n  - {params: '*.bias', xavier_uniform}\n"
+    elif why == "from":
+        text += "init:\n  - {params: '*', from: elsewhere}\n"
+    elif why == "plugin":
+        monkeypatch.setitem(registry._registered, "MyLinear", nn.Linear)
+    else:
+        monkeypatch.setattr(_layer_tensors, "CHECKED_WITH", "0.0.0")
+        _layer_tensors.formulas_hold.cache_clear()
+    try:
+        assert not _skeleton.check_without_torch(compile_spec(text))
+        with pytest.raises(SpecError):
+            validate(text)  # built on meta, which finds the errors
+    finally:
+        _layer_tensors.formulas_hold.cache_clear()
