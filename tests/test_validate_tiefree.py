@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelspec import SpecError, _layer_tensors, _skeleton
 from modelspec import _registry as registry
@@ -487,9 +489,12 @@ def _diagnostics(source: Any) -> list[dict[str, object]] | str:
         return f"{type(e).__name__}: {e}"
 
 
+_CHECK = _skeleton.check_without_torch  # the one under test, whatever a test patched in before
+
+
 def _both(source: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, list[bool]]:
     used: list[bool] = []
-    check = _skeleton.check_without_torch
+    check = _CHECK
 
     def spy(resolved: Any) -> bool:
         used.append(True)  # a SpecError raised from here is the skeleton's answer
@@ -602,3 +607,50 @@ def test_what_the_skeleton_cannot_tell_is_built_on_meta(why: str, monkeypatch: p
             validate(text)  # built on meta, which finds the errors
     finally:
         _layer_tensors.formulas_hold.cache_clear()
+
+
+# ---------------------------------------------------------------- generated specs
+_LAYERS = ["{Linear: [4, 4]}", "{Linear: [4, 4, {bias: false}]}", "{LayerNorm: 4}", "ReLU",
+           "{LayerNorm: [4, {elementwise_affine: false}]}"]  # fmt: skip
+_NAMES = ["0.weight", "0.bias", "1.weight", "1.bias", "2.weight", "2.bias", "3.weight", "3.0.weight", "3.1.weight",
+          "3.1.bias", "4.weight", "0.weigth", "b.weight"]  # fmt: skip
+_GLOBS = ["*.weight", "*.bias", "0.*", "3.*", "*.weigth", "1.weight", "3.0.weight", "nothing"]
+
+
+@st.composite
+def tie_specs(draw: st.DrawFn) -> str:
+    """A list of width-4 layers (so the example pass always works), a shared block used once
+    or twice, a repeat, random trainable flags, ties between likely names and init rules."""
+    pick = lambda options: draw(st.sampled_from(options))  # noqa: E731
+    flag = lambda: pick(["", ", trainable: false", ", trainable: true"])  # noqa: E731
+    items = [pick(_LAYERS) for _ in range(3)]
+    lines = ["modelspec: 1", "input: {shape: [2, 4]}", "blocks:", f"  shared: {{Sequential: [{pick(_LAYERS)}]{flag()}}}",
+             "model:"]  # fmt: skip
+    lines += [f"  - {item}" for item in items]
+    lines.append(f"  - {{repeat: 2, of: {pick(_LAYERS)}{flag()}}}")
+    lines += ["  - {use: shared}"] * draw(st.integers(1, 2))
+    ties = [(pick(_NAMES), pick(_NAMES), draw(st.booleans())) for _ in range(draw(st.integers(0, 3)))]
+    if ties:
+        lines += ["ties:"] + [f"  - {{param: {p}, to: {t}, transposed: {str(tr).lower()}}}" for p, t, tr in ties]
+    rules = []
+    for _ in range(draw(st.integers(0, 3))):
+        selectors = []
+        if draw(st.booleans()):
+            selectors.append(f"params: '{pick(_GLOBS)}'")
+        if draw(st.booleans()):
+            selectors.append(f"layer: {pick(['Linear', 'LayerNorm', 'ReLU', 'Conv2d'])}")
+        if draw(st.booleans()) or not selectors:
+            selectors.append(f"block: {pick(['shared', 'nope'])}")
+        rules.append(f"  - {{{', '.join(selectors)}, {pick(['zeros', 'xavier_uniform', 'normal: {std: 0.1}'])}}}")
+    if rules:
+        lines += ["init:", *rules]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=120, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(text=tie_specs())
+def test_generated_specs_give_the_same_diagnostics(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch_free, on_meta, used = _both(text, monkeypatch)
+    assert used in ([], [True])  # the skeleton answers for every layer generated here
+    assert torch_free == on_meta, text
