@@ -17,6 +17,7 @@ import contextlib
 import inspect
 import itertools
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,15 +29,16 @@ from torch.nn.parameter import UninitializedParameter, UninitializedTensorMixin
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, first_line, format_path
-from ._flow import GraphInfo, generate_code
+from ._flow import GraphInfo, build_graph, generate_code
 from ._fmt import human_bytes
 from ._initialize import apply_init
 from ._memory import allocating, is_out_of_memory, tensor_bytes
-from ._nodes import Children, FreeTensor, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
-from ._resolve import Resolved, unused_params
+from ._nodes import Children, Graph, InputSpec, Layer, Node, Op, Repeat, Seq, Use, iter_uses
+from ._resolve import Resolved
 from ._rng import PortableInit
+from ._skeleton import BuilderBase, apply_trainable, block_sites, check_tied_params, example_specs
 from ._spec import Spec
-from ._ties import apply_ties, links_of
+from ._ties import apply_ties
 from ._transfer import Transfer
 
 __all__ = ["DTYPES", "BuildInfo", "build_module", "construct_on_meta", "example_specs"]
@@ -80,21 +82,23 @@ class BuildInfo:
         return best[1] if best else None
 
 
-class _Builder:
-    def __init__(self, spec: Spec, errors: Collector) -> None:
-        self.spec = spec
-        self.errors = errors
-        self.blocks: dict[str, nn.Module] = {}
-        self.paths: dict[int, SpecPath] = {}  # id(module) -> defining spec path
-        self.graphs: dict[int, GraphInfo] = {}  # id(GraphModule) -> its graph
-        self.trainable: dict[int, tuple[bool, SpecPath]] = {}  # id(module) -> its 'trainable:' and where
+class _Builder(BuilderBase):
+    """Builds modules; :class:`~modelspec._skeleton.SkeletonBuilder` builds their skeleton
+    from the same nodes (the walk, ``node``, is theirs in common)."""
 
-    def node(self, node: Node) -> nn.Module:
-        module = node.build(self)  # each kind builds itself (see _nodes); a use returns its block
-        self.paths.setdefault(id(module), node.path)
-        if getattr(node, "trainable", None) is not None:
-            self.trainable[id(module)] = (bool(node.trainable), node.path)
-        return module
+    def __init__(self, spec: Spec, errors: Collector) -> None:
+        super().__init__(spec, errors)
+        self.blocks: dict[str, nn.Module] = {}
+        self.graphs: dict[int, GraphInfo] = {}  # id(GraphModule) -> its graph
+
+    def sequential(self, items: list[nn.Module]) -> nn.Module:
+        return nn.Sequential(*items)
+
+    def named(self, children: list[tuple[str, nn.Module]]) -> nn.Module:
+        return nn.Sequential(OrderedDict(children))
+
+    def graph(self, graph: Graph) -> nn.Module:
+        return build_graph(graph, self)
 
     def layer(self, node: Layer) -> nn.Module:
         entry = registry.get_layer(node.type)
@@ -191,9 +195,9 @@ def build_module(
         _materialize(root, roots, spec, builder, device, errors)
     errors.raise_if_errors()
     apply_ties(root, spec.ties, errors)
-    _check_tied_params(root, builder, spec, errors)
+    check_tied_params(root, {k: v.graph for k, v in builder.graphs.items()}, spec, errors)
     errors.raise_if_errors()
-    _apply_trainable(root, builder.trainable, errors)
+    apply_trainable(root, builder.trainable, errors)
     errors.raise_if_errors()
     info = _info(root, spec, builder)
     # init rules last: after the default init, the example pass, the ties and freezing (see _init)
@@ -221,71 +225,6 @@ def construct_on_meta(resolved: Resolved) -> tuple[nn.Module, dict[int, SpecPath
         roots = {name: builder.node(node) for name, node in spec.roots.items()}
     errors.raise_if_errors()
     return (roots[""] if spec.models is None else nn.ModuleDict(roots)), builder.paths
-
-
-def _check_tied_params(root: nn.Module, builder: _Builder, spec: Spec, errors: Collector) -> None:
-    """A free param that no node of its graph reads is used only if a tie names it, by its
-    qualified name at some place the graph sits (the resolver could only match name endings)."""
-    if not spec.ties:
-        return
-    tied = {name for t in spec.ties for name in (t.param, t.to)}
-    unused: dict[int, tuple[FreeTensor, bool]] = {}
-    for qual, module in root.named_modules(remove_duplicate=False):
-        info = builder.graphs.get(id(module))
-        if info is None:
-            continue
-        for t in unused_params(info.graph):
-            named = f"{qual}.{t.name}" if qual else t.name
-            seen = unused.get(id(t), (t, False))[1]
-            unused[id(t)] = (t, seen or named in tied)
-    for t, named in unused.values():
-        if not named:
-            errors.add("unused-param", f"param '{t.name}' is never read", t.path,
-                       hint=f"read it in a node's 'in:' (e.g. 'in: [x, {t.name}]'), tie it, or remove it")  # fmt: skip
-
-
-def _apply_trainable(root: nn.Module, flags: dict[int, tuple[bool, SpecPath]], errors: Collector) -> None:
-    """``trainable: false`` freezes a node's parameters; an inner ``trainable: true`` wins.
-
-    A parameter reached under several names (a shared block, a tie) must get one setting:
-    one tensor cannot be frozen at one use and trained at another."""
-    if not flags:
-        return
-    found: dict[int, tuple[nn.Parameter, dict[bool, tuple[str, SpecPath | None]]]] = {}
-
-    def visit(module: nn.Module, prefix: str, flag: bool, where: SpecPath | None) -> None:
-        if id(module) in flags:
-            flag, where = flags[id(module)]
-        held = [(name, p) for name, p in module._parameters.items() if p is not None]
-        # a transposed tie reads another module's parameter: that tensor is this module's too
-        held += [(name, source._parameters[attr]) for name, (source, attr) in links_of(module).items()
-                 if source._parameters.get(attr) is not None]  # fmt: skip
-        for name, p in held:
-            seen = found.setdefault(id(p), (p, {}))[1]
-            seen.setdefault(flag, (prefix + name, where))
-        for name, child in module._modules.items():
-            if child is not None:
-                visit(child, f"{prefix}{name}.", flag, where)
-
-    visit(root, "", True, None)
-    conflicts: dict[SpecPath, list[tuple[str, str]]] = {}
-    for p, seen in found.values():
-        if len(seen) > 1:
-            (frozen, at), (trained, there) = seen[False], seen[True]
-            conflicts.setdefault(at or there or (), []).append((frozen, trained))
-        else:
-            p.requires_grad_(next(iter(seen)))
-    for at, pairs in conflicts.items():
-        frozen, trained = pairs[0]
-        more = f" (and {len(pairs) - 1} more)" if len(pairs) > 1 else ""
-        errors.add(
-            "trainable-conflict",
-            f"parameter '{frozen}'{more} is frozen here but the same tensor is trainable as '{trained}' "
-            "(a shared block or a tie): one tensor cannot be both",
-            at,
-            hint="set 'trainable' alike at every place that holds it (on the block's definition, or both ends "
-            "of the tie)",
-        )
 
 
 def _materialize(
@@ -756,42 +695,12 @@ def _is_lazy(module: nn.Module) -> bool:
 
 
 def _info(root: nn.Module, spec: Spec, builder: _Builder) -> BuildInfo:
-    block_ids = {id(m): name for name, m in builder.blocks.items()}
-    sites: dict[str, list[str]] = {name: [] for name in builder.blocks}
     origins: dict[str, str] = {}
     for qual, module in root.named_modules(remove_duplicate=False):
-        if id(module) in block_ids:
-            block = block_ids[id(module)]
-            # a block nested in a shared block appears under each use of the outer one
-            sites[block].append(qual)
         path = builder.paths.get(id(module))
         if path is not None:
             origins[qual] = format_path(path)
-    return BuildInfo(spec=spec, block_sites={k: tuple(v) for k, v in sites.items()}, origins=origins)
-
-
-def example_specs(spec: Spec, model: str, errors: Collector) -> list[tuple[InputSpec, str]] | None:
-    """The example inputs of one model, in its forward's order, or None.
-
-    A graph's ``inputs:`` may give each input an example; otherwise a model with one
-    input takes the top-level ``input``."""
-    node = spec.roots[model]
-    if isinstance(node, Graph):
-        given = [i.example for i in node.inputs]
-        if all(g is not None for g in given):
-            return [(g, f"inputs.{i.name}.shape") for g, i in zip(given, node.inputs, strict=True)]  # type: ignore[misc]
-        if any(g is not None for g in given):
-            missing = [i for i in node.inputs if i.example is None]
-            errors.add(
-                "missing-input",
-                f"input '{missing[0].name}' has no example while other inputs have one",
-                missing[0].path,
-                hint=f"give it one: '{missing[0].name}: {{shape: [...], dtype: ...}}'",
-            )
-            return None
-        if len(node.inputs) > 1:
-            return None
-    return [(spec.input, "input.shape")] if spec.input is not None else None
+    return BuildInfo(spec=spec, block_sites=block_sites(root, builder.blocks), origins=origins)
 
 
 def example_tensor(example: InputSpec, device: Any = "cpu", where: str = "input.shape") -> torch.Tensor:

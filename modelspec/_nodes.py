@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import re
 import typing
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -231,9 +230,7 @@ class Seq:
         yield from self.items
 
     def build(self, b: Builder) -> nn.Module:
-        import torch.nn as nn
-
-        return nn.Sequential(*(b.node(n) for n in self.items))
+        return b.sequential([b.node(n) for n in self.items])
 
 
 @dataclass(frozen=True)
@@ -254,9 +251,7 @@ class Children:
         yield from (child for _, child in self.children)
 
     def build(self, b: Builder) -> nn.Module:
-        import torch.nn as nn
-
-        return nn.Sequential(OrderedDict((k, b.node(v)) for k, v in self.children))
+        return b.named([(k, b.node(v)) for k, v in self.children])
 
 
 @dataclass(frozen=True)
@@ -410,9 +405,7 @@ class Graph:
         yield from (n.body for n in self.nodes if not isinstance(n.body, (Op, Call)))
 
     def build(self, b: Builder) -> nn.Module:
-        from ._flow import build_graph  # _flow builds on this module
-
-        return build_graph(self, b)
+        return b.graph(self)
 
     def node(self, name: str) -> GraphNode | None:
         return next((n for n in self.nodes if n.name == name), None)
@@ -451,13 +444,11 @@ class Repeat:
         return self.groups if self.groups is not None else (1,) * self.count
 
     def build(self, b: Builder) -> nn.Module:
-        import torch.nn as nn
-
         items: list[nn.Module] = []
         for size in self.sizes():
             module = b.node(self.body)  # a use returns its one block; anything else is built anew
             items += [module] * size
-        return nn.Sequential(*items)
+        return b.sequential(items)
 
 
 def _flag(data: dict[str, Any], trainable: bool | None) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from ._errors import Collector, TieMismatchError, did_you_mean
+
+if TYPE_CHECKING:  # checking ties needs no torch: validate runs apply_ties on a skeleton (see _skeleton)
+    import torch
+    import torch.nn as nn
 
 __all__ = [
     "OUTSIDE",
@@ -246,6 +247,8 @@ def retie_module(module: nn.Module, ties: Sequence[Any], *, verify: bool = True)
             seen.add(name)
             name = same[name].to
         return len(seen)
+
+    import torch
 
     restored = 0
     for tie in sorted(ties, key=lambda t: hops(t.to)):

@@ -2,8 +2,10 @@
 
 ``modelspec validate`` runs only this (and the modules it reads: _source, _spec, _nodes,
 _vars, _resolve, _registry with the layer table's description), so checking a spec does
-not import PyTorch. The one exception is a spec whose checks need the built model's
-parameter names and shapes (``ties:``, ``trainable:``, ``init:``): it is built on ``meta``.
+not import PyTorch. A spec whose checks need the built model's parameter names and
+shapes (``ties:``, ``trainable:``, ``init:``) is checked on a skeleton of the model
+(:mod:`modelspec._skeleton`); only where the skeleton cannot stand in (a layer it does not
+describe, plugins, an init rule reading another build) is it built on ``meta``.
 """
 
 from __future__ import annotations
@@ -54,12 +56,18 @@ def validate(source: SpecSource, *, overrides: Overrides | None = None) -> list[
 
     Parameter ties name parameters of the built model, so a spec with ``ties:`` (or with
     ``trainable:``, which must agree across a shared tensor, or ``init:`` rules, whose
-    selectors name parameters) is also built on ``meta`` (shapes only, nothing allocated)
-    to check each tie's names, shapes and dtypes: that imports torch. Other specs are
-    checked without it."""
+    selectors name parameters) is checked against the names, shapes and dtypes the build
+    would give, read from a skeleton of the model without torch; where the skeleton cannot
+    tell (see :func:`~modelspec._skeleton.check_without_torch`), it is built on ``meta``
+    (shapes only, nothing allocated), which imports torch. The example input is not run
+    through the model either way: ``build`` does that."""
     resolved = compile_spec(source, overrides=overrides)
-    if resolved.spec.ties or resolved.spec.freezes or resolved.spec.init:
-        from ._build import build_module
+    spec = resolved.spec
+    if spec.ties or spec.freezes or spec.init:
+        from ._skeleton import check_without_torch
 
-        build_module(resolved, device="meta")
+        if not check_without_torch(resolved):
+            from ._build import build_module
+
+            build_module(resolved, device="meta")
     return list(resolved.spec.warnings)
