@@ -5,6 +5,7 @@ Library code here never prints; it returns values or raises a ModelspecError.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -36,12 +37,13 @@ from ._fmt import human_bytes
 from ._grads import GradReport, Loss, example_batch, gradients
 from ._html import render_html
 from ._inventory import Report, inventory
-from ._memory import MemoryEstimate, allocating, available_bytes, estimate_from_entries, tensor_bytes
+from ._memory import ITEMSIZE, MemoryEstimate, allocating, available_bytes, estimate_from_entries, tensor_bytes
 from ._plugins import import_plugins
 from ._process import fault_point
 from ._report import render_json, render_md
 from ._resolve import Resolved, resolve
 from ._shards import INDEX_SUFFIX, parse_size
+from ._skeleton import described_skeleton
 from ._spec import Spec
 from ._ties import OUTSIDE, check_ties, retie_module, transposed_map
 from ._validate import Overrides, SpecSource, compile_spec, validate
@@ -229,27 +231,47 @@ def _module_estimate(module: nn.Module) -> MemoryEstimate:
 
 
 def _constructed_estimate(resolved: Resolved) -> tuple[MemoryEstimate, tuple[int, SpecPath]]:
-    """The estimate from the modules as constructed on meta, before the example pass: a
-    parameter that a tie replaces is not counted, nor a lazy layer's (not sized yet).
-    Also returns the bytes of the layer holding the most, and where the spec defines it."""
+    """The estimate from the modules as constructed, before the example pass: a parameter
+    that a tie replaces is not counted, nor a lazy layer's (not sized yet). Also returns the
+    bytes of the layer holding the most, and where the spec defines it.
+
+    The modules' tensors come from the torch-free skeleton (each layer's tensors by formula,
+    microseconds a layer) when every layer is described, else from constructing on meta."""
+    made = described_skeleton(resolved)
+    if made is not None:
+        skel, builder = made
+        return _held_estimate(skel, builder.paths, resolved, lambda t: _slot_size(math.prod(t.shape), t.dtype[6:]))
     module, paths = construct_on_meta(resolved)
+    return _held_estimate(module, paths, resolved, lambda t: (t.numel(), _dtype_name(t.dtype), t.element_size()))
+
+
+def _slot_size(numel: int, dtype: str) -> tuple[int, str, int]:
+    return numel, dtype, ITEMSIZE[dtype]
+
+
+def _held_estimate(
+    root: Any, paths: dict[int, SpecPath], resolved: Resolved, size: Callable[[Any], tuple[int, str, int]]
+) -> tuple[MemoryEstimate, tuple[int, SpecPath]]:
+    """:func:`_constructed_estimate` of a module or a skeleton (``size``: a tensor's element
+    count, dtype name and bytes per element)."""
     aliases = {t.param for t in resolved.spec.ties}
-    names: dict[int, tuple[nn.Parameter, list[str]]] = {}
-    for name, p in module.named_parameters(remove_duplicate=False):
+    names: dict[int, tuple[Any, list[str]]] = {}
+    for name, p in root.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), (p, []))[1].append(name)
     counted = {id(p) for p, ns in names.values() if not aliases.intersection(ns) and not _is_unsized(p)}
     largest: tuple[int, SpecPath] = (0, ())
     seen: set[int] = set()
     entries = []
-    for m in module.modules():
+    for m in root.modules():
         held = 0
-        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
-            is_param = isinstance(t, nn.Parameter)
-            if id(t) in seen or (id(t) not in counted if is_param else _is_unsized(t)):
-                continue
-            seen.add(id(t))
-            held += t.numel() * t.element_size()
-            entries.append((t.numel(), _dtype_name(t.dtype), is_param, is_param and t.requires_grad))
+        for store, is_param in ((m._parameters, True), (m._buffers, False)):
+            for t in store.values():
+                if t is None or id(t) in seen or (id(t) not in counted if is_param else _is_unsized(t)):
+                    continue
+                seen.add(id(t))
+                numel, dtype, itemsize = size(t)
+                held += numel * itemsize
+                entries.append((numel, dtype, is_param, is_param and t.requires_grad))
         if held > largest[0]:
             largest = (held, paths.get(id(m), ()))
     return estimate_from_entries(entries), largest

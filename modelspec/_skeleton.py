@@ -44,6 +44,7 @@ __all__ = [
     "block_sites",
     "check_tied_params",
     "check_without_torch",
+    "described_skeleton",
     "example_specs",
     "skeleton",
 ]
@@ -251,6 +252,15 @@ def skeleton(resolved: Resolved) -> tuple[Skel, SkeletonBuilder] | None:
     return (roots[""] if spec.models is None else builder.named(list(roots.items()))), builder
 
 
+def described_skeleton(resolved: Resolved) -> tuple[Skel, SkeletonBuilder] | None:
+    """:func:`skeleton`, when it can stand in for the constructed model: None with plugins
+    (their classes are read), with a torch the layer formulas were not checked with, or
+    when a layer is not described."""
+    if registry._described() is None or not formulas_hold():
+        return None
+    return skeleton(resolved)
+
+
 def check_without_torch(resolved: Resolved) -> bool:
     """Run the checks a build on ``meta`` runs on the names, shapes and dtypes of its tensors
     (ties, unused params, trainable, init rules), on the skeleton, in the build's order.
@@ -261,9 +271,9 @@ def check_without_torch(resolved: Resolved) -> bool:
         SpecError: the diagnostics the build would raise.
     """
     spec = resolved.spec
-    if registry._described() is None or not formulas_hold() or any(r.source is not None for r in spec.init):
-        return False  # plugins (their classes are read), another torch, or 'from:' (reads a build folder)
-    made = skeleton(resolved)
+    if any(r.source is not None for r in spec.init):
+        return False  # 'from:' reads a build folder
+    made = described_skeleton(resolved)
     if made is None:
         return False
     from ._init_select import plan_init
