@@ -9,8 +9,10 @@ own traversal order (the name ``named_parameters()`` shows).
 
 from __future__ import annotations
 
+import itertools
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Annotated, Literal
 
 import torch
@@ -247,6 +249,11 @@ def _values(
     shared rather than serialized behind one slow thread. hashlib and torch release the
     GIL. Every torch op runs on its worker's thread alone (no intra-op threads competing
     for the same cores), and each task's result does not depend on which thread runs it.
+
+    The workers take tasks from one shared counter and write results in place: no future
+    per task, and the calling thread sleeps until they finish (it wakes per finished task
+    only to report ``progress``). A pool of futures cost the calling thread about 0.1 ms
+    of CPU per task, time taken from the workers' cores (measured: 30 ms for GPT-2).
     """
     sizes = [t.numel() * t.element_size() for t, _, _ in everything]
     tasks = [(size, i, "stats") for i, size in enumerate(sizes)]
@@ -254,22 +261,54 @@ def _values(
     tasks.sort(key=lambda task: (-task[0], task[1], task[2]))
     hashes: list[str | None] = [known.get(names[0]) for _, names, _ in everything]
     stats: list[TensorStats | None] = [None] * len(everything)
-    total, done = sum(size for size, _, _ in tasks), 0
-    with one_intraop_thread(), ThreadPoolExecutor(max_workers=threads, initializer=torch.set_num_threads,
-                                                  initargs=(1,)) as pool:  # fmt: skip
-        running = {
-            pool.submit(sha256_of if kind == "sha256" else summarize, everything[i][0]): (size, i, kind)
-            for size, i, kind in tasks
-        }
-        for future in as_completed(running):
-            size, i, kind = running[future]
-            if kind == "sha256":
-                hashes[i] = future.result()
-            else:
-                stats[i] = TensorStats(**vars(future.result()))
-            done += size
-            if progress is not None and done < total:
-                progress(done, total)
+    total = sum(size for size, _, _ in tasks)
+    taken = itertools.count()  # next() on it is atomic: each task is taken by one worker
+    failed: list[BaseException] = []  # a task's error, or the caller's (progress), stops every worker
+    finished: queue.SimpleQueue[int] = queue.SimpleQueue()  # sizes of finished tasks; -1: a worker stopped
+
+    def work() -> None:
+        try:
+            torch.set_num_threads(1)
+            for j in taken:
+                if j >= len(tasks) or failed:
+                    return
+                size, i, kind = tasks[j]
+                if kind == "sha256":
+                    hashes[i] = sha256_of(everything[i][0])
+                else:
+                    stats[i] = TensorStats(**vars(summarize(everything[i][0])))
+                if progress is not None:
+                    finished.put(size)
+        except Exception as e:  # noqa: BLE001 - raised again, unchanged, by the calling thread
+            failed.append(e)
+        finally:
+            finished.put(-1)
+
+    # one intra-op thread until the workers are done: torch gives a thread, at its first op,
+    # the setting last made by any thread (see one_intraop_thread), so keep it at 1 meanwhile
+    with one_intraop_thread():
+        workers = [threading.Thread(target=work, name=f"modelspec-values-{k}") for k in range(max(1, threads))]
+        for w in workers:
+            w.start()
+        try:
+            if progress is not None:
+                done, running = 0, len(workers)
+                while running:
+                    size = finished.get()
+                    if size < 0:
+                        running -= 1
+                        continue
+                    done += size
+                    if 0 < size and done < total:  # an empty tensor moves nothing
+                        progress(done, total)
+        except BaseException as e:
+            failed.append(e)
+            raise
+        finally:
+            for w in workers:
+                w.join()
+    if failed:
+        raise failed[0]
     if progress is not None:
         progress(total, total)
     return hashes, stats
