@@ -45,12 +45,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import pydantic
-
 from . import _plugins
 from ._errors import ModelspecError, UsageError
 
 if TYPE_CHECKING:
+    import pydantic
     import torch.nn as nn
 
     from ._description import Description
@@ -140,6 +139,8 @@ class Param:
 
     @functools.cached_property
     def adapter(self) -> pydantic.TypeAdapter[Any] | None:
+        import pydantic  # only for values the plain checks leave to it, and for the schema
+
         try:
             return pydantic.TypeAdapter(self.annotation)
         except (pydantic.PydanticSchemaGenerationError, TypeError, NameError):  # pragma: no cover
@@ -158,6 +159,8 @@ class Param:
             schema["description"] = f"takes {self.opaque or 'a Python object'}: cannot be written in a spec yet"
             return schema
         assert self.adapter is not None
+        import pydantic
+
         try:
             schema = self.adapter.json_schema()
         except (pydantic.errors.PydanticInvalidForJsonSchema, TypeError):  # pragma: no cover
@@ -644,13 +647,19 @@ def _quick(annotation: Any, value: Any) -> Any:
     return _UNSURE
 
 
-def _validate(p: Param, value: Any) -> Any:
-    """``value`` checked against ``p``'s annotation (strict, as JSON); raises pydantic.ValidationError."""
+def _validate(p: Param, value: Any) -> tuple[Any, str | None]:
+    """``value`` checked against ``p``'s annotation (strict, as JSON): (the value, None), or
+    (None, pydantic's first message). Raises TypeError or ValueError for what is not JSON."""
     got = _quick(p.annotation, value) if _plain_annotation(p.annotation) else _UNSURE
     if got is not _UNSURE and got is not _REJECT:
-        return got
+        return got, None
+    import pydantic
+
     assert p.adapter is not None  # an unwritable parameter was dropped, or its value is null
-    return p.adapter.validate_json(json.dumps(value), strict=True)
+    try:
+        return p.adapter.validate_json(json.dumps(value), strict=True), None
+    except pydantic.ValidationError as e:
+        return None, e.errors()[0]["msg"]
 
 
 def bind_arguments(
@@ -735,19 +744,18 @@ def bind_arguments(
             bound.pop(p.name, None)
     for name, (value, where) in bound.items():
         try:
-            out[name] = _validate(by_name[name], value)
-        except pydantic.ValidationError as e:
-            first = e.errors()[0]
-            errors.append(
-                ArgError(
-                    "wrong-type",
-                    f"argument '{name}' = {value!r}: {first['msg']}",
-                    where,
-                    hint=_type_hint(by_name[name]),
-                )
-            )
+            checked, problem = _validate(by_name[name], value)
         except (TypeError, ValueError):
             errors.append(ArgError("wrong-type", f"argument '{name}' = {value!r} is not plain data", where))
+            continue
+        if problem is None:
+            out[name] = checked
+        else:
+            errors.append(
+                ArgError(
+                    "wrong-type", f"argument '{name}' = {value!r}: {problem}", where, hint=_type_hint(by_name[name])
+                )
+            )
     return out, errors
 
 

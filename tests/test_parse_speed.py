@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pydantic
 import pytest
@@ -83,3 +87,104 @@ def test_valid_arguments_do_not_go_through_pydantic(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(pydantic.TypeAdapter, "validate_json", counted)
     validate(_deep(200))
     assert calls == []
+
+
+# ---------------------------------------------------------------- the grammar outside nodes
+INPUTS = [{"shape": [2, 4]}, {"shape": [1], "dtype": "int64"}, {"shape": []}, {"shape": [0]}, {"shape": [2, True]},
+          {"shape": [2.0]}, {"shape": (2, 4)}, {"shape": [2], "dtype": "float"}, {"shape": [2], "dtype": None},
+          {"shape": [2], "extra": 1}, {"dtype": "float32"}, {}, None, [2, 4], "x", {"shape": [2**70]}]  # fmt: skip
+TENSORS = [{"shape": [1]}, {"shape": []}, {"shape": [0, 3], "dtype": "int8"}, {"shape": [1], "init": "ones"},
+           {"shape": [1], "init": "twos"}, {"shape": [1], "init": {"normal": {"std": 0.02}}},
+           {"shape": [1], "init": {"uniform": {"low": -1}}}, {"shape": [1], "persistent": False},
+           {"shape": [1], "persistent": 0}, {"shape": [-1]}, {"shape": [1], "dtype": "bool"}, {"shape": "1"},
+           {"shape": [1], "init": None}, {"shape": [1], "size": 1}, None]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", INPUTS)
+def test_quick_input_agrees_with_the_grammar(raw: object) -> None:
+    from modelspec import _grammar, _nodes
+
+    quick = _nodes.quick_input(raw)
+    try:
+        expected = _nodes.InputSpec(**_grammar.InputSpec.model_validate(raw).model_dump())
+    except pydantic.ValidationError:
+        assert quick is None
+        return
+    assert quick is None or quick == expected
+
+
+@pytest.mark.parametrize("raw", TENSORS)
+def test_quick_tensor_agrees_with_the_grammar(raw: object) -> None:
+    from modelspec import _grammar, _nodes
+
+    quick = _nodes._quick_tensor(raw)
+    try:
+        expected = _nodes.TensorSpec(**_grammar.TensorSpec.model_validate(raw).model_dump())
+    except pydantic.ValidationError:
+        assert quick is None
+        return
+    assert quick is None or quick == expected
+    assert expected.to_data() == _grammar.TensorSpec.model_validate(raw).model_dump()
+
+
+TOPS = [{}, {"name": "x", "description": "d", "seed": 3}, {"seed": 2**64 - 1}, {"seed": 2**64}, {"seed": -1},
+        {"seed": True}, {"seed": 1.0}, {"name": 1}, {"name": None}, {"vars": {"a": 1}}, {"vars": None},
+        {"blocks": {"enc": "ReLU"}}, {"blocks": {"Enc_1": None}}, {"blocks": {"1enc": "ReLU"}},
+        {"blocks": {"enc\n": "ReLU"}}, {"blocks": None}, {"models": None}, {"models": {"a": "ReLU"}},
+        {"models": {"a-b": "ReLU"}}, {"ties": []}, {"ties": [{"param": "a.weight", "to": "b.weight"}]},
+        {"input": {"shape": [2, 4]}}, {"input": {"shape": [2, 4], "dtype": "int4"}}, {"input": None}]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", TOPS)
+def test_quick_top_level_agrees_with_the_grammar(extra: dict[str, object]) -> None:
+    from modelspec import _errors, _spec
+
+    known = {"modelspec": 1, "model": "ReLU", **extra}
+    quick = _spec._quick_top(known)
+    errors = _errors.Collector(file="<spec>")
+    checked = _spec._checked_top(known, errors)
+    assert (checked is None) == bool(errors.items)
+    if checked is None:
+        assert quick is None
+    else:
+        assert quick is None or quick == checked
+
+
+def test_top_level_keys_are_the_grammars() -> None:
+    from modelspec._grammar import SpecFile
+    from modelspec._spec import TOP_KEYS
+
+    assert tuple(SpecFile.model_fields) == TOP_KEYS
+
+
+# ---------------------------------------------------------------- a whole validate process
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_validate_imports_no_pydantic_for_plain_specs() -> None:
+    # ties, trainable and init are checked on a meta build (torch, pydantic): not these
+    specs = [ROOT / "specs" / "zoo" / name for name in ("resnet18.yaml", "albert.yaml", "bert_model.yaml", "unet.yaml")]
+    specs += sorted((ROOT / "specs" / "d2l").glob("*.yaml"))
+    code = (
+        "import sys\nfrom modelspec.cli import main\n"
+        f"for spec in {[str(s) for s in specs]!r}:\n"
+        "    assert main(['validate', spec]) == 0, spec\n"
+        "assert 'pydantic' not in sys.modules, 'pydantic was imported'\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MODELSPEC_NO_CACHE"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_free_tensor_drawn_at_random_keeps_its_init(tmp_path: Path) -> None:
+    from modelspec._validate import compile_spec
+
+    text = ("modelspec: 1\nmodel:\n  params: {w: {shape: [2], init: {normal: {std: 0.5}}}, "
+            "b: {shape: [2], init: {uniform: {low: -1}}}}\n  nodes: {h: {add: null, in: [x, w]}, z: {add: null, in: [h, b]}}\n")  # fmt: skip
+    data = compile_spec(text).spec.to_data()
+    assert data["model"]["params"] == {
+        "w": {"shape": [2], "dtype": "float32", "init": {"normal": {"mean": 0.0, "std": 0.5}}},
+        "b": {"shape": [2], "dtype": "float32", "init": {"uniform": {"low": -1.0, "high": 1.0}}},
+    }
