@@ -86,6 +86,7 @@ NODE_NAME = re.compile(r"^[a-z_][A-Za-z0-9_]*$")
 DOTTED_NAME = re.compile(r"^[a-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)((?:\[-?[0-9]+\])*)$")
 GRAPH_KEYS = ("inputs", "nodes", "outputs", "params", "buffers")
+_GRAPH_KEY_SET = frozenset(GRAPH_KEYS)
 #: Names nn.Sequential / nn.ModuleDict / fx.GraphModule use themselves: no child,
 #: model or graph node can take them.
 #: Keywords of a mapping node beside its layer, children or graph.
@@ -538,6 +539,9 @@ def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _split_args(value: Any) -> tuple[list[Any], dict[str, Any]]:
     """A layer's or op's value -> (positional, keywords): null, one value, a list, a mapping."""
     if value is None:
@@ -579,7 +583,7 @@ class NodeParser:
         if not raw:
             self.errors.add("empty-node", "an empty mapping builds nothing", path)
             return Seq((), path)
-        if any(k in RESERVED for k in raw):
+        if not RESERVED.keys().isdisjoint(raw):
             for key in raw:
                 if key in RESERVED:
                     reserved(self.errors, key, (*path, key))
@@ -600,7 +604,7 @@ class NodeParser:
                 return Seq((), path)
         if "repeat" in raw:
             return self.repeat(raw, path)
-        if any(k in GRAPH_KEYS for k in raw):
+        if not _GRAPH_KEY_SET.isdisjoint(raw):
             return self.graph(raw, path)
         if len(raw) == 1 and isinstance(raw.get("Sequential"), list):  # a list's mapping form
             items = raw["Sequential"]
@@ -768,16 +772,11 @@ class NodeParser:
 
         One error at the layer with the fix, then the arguments are checked as meant.
         """
+        if len(types) != 1 or raw[types[0]] is not None or len(raw) == 1:  # the usual layer: no slip
+            return None
         entry = registry.get_layer(types[0])
         others = [k for k in raw if k != types[0]]
-        if (
-            len(types) != 1
-            or raw[types[0]] is not None
-            or not others
-            or entry is None
-            or not all(CHILD.match(k) for k in others)
-            or not any(k in entry.param_names for k in others)
-        ):
+        if entry is None or not all(CHILD.match(k) for k in others) or not any(k in entry.param_names for k in others):
             return None
         names = _and([f"'{k}'" for k in others])
         type_at = self.errors.positions.get((*path, types[0]))
@@ -810,9 +809,7 @@ class NodeParser:
         # Arguments that take a module are nodes: parsed here, built before the layer.
         modules: list[tuple[str, Node]] = []
         written: dict[str, Any] = {}
-        for i, p in enumerate(entry.params):
-            if not p.takes_module:
-                continue
+        for i, p in entry.module_params:
             where: tuple[str | int, ...] | None = None
             if i < len(args) and args[i] is not None:
                 given, where = args[i], (i,)
@@ -826,7 +823,7 @@ class NodeParser:
                 module = self.node(given, full)
                 modules.append((p.name, module))
                 written[p.name] = node_to_data(module)
-        skip = frozenset(name for name, _ in modules)
+        skip = frozenset(name for name, _ in modules) if modules else _NONE
         values, problems = registry.bind_arguments(entry, args, kwargs, modules=skip)
         for prob in problems:
             where = prob.where
@@ -834,12 +831,12 @@ class NodeParser:
                 where = (len(value) - 1, *where)  # keywords sit in the list's last item
             self.errors.add(prob.code, prob.message, (*arg_path, *where), hint=prob.hint)
         arguments = {}
-        for name in entry.param_names:
-            if name in written:
-                arguments[name] = written[name]
-            elif name in values:
-                i = entry.param_names.index(name)
-                arguments[name] = args[i] if i < len(args) else kwargs[name]
+        if values or written:
+            for i, name in enumerate(entry.param_names):
+                if name in written:
+                    arguments[name] = written[name]
+                elif name in values:
+                    arguments[name] = args[i] if i < len(args) else kwargs[name]
         return Layer(type_name, arguments, values, path, tuple(modules))
 
     # -- graphs

@@ -130,7 +130,7 @@ class Param:
         """Whether the constructor takes a module here: a spec writes a node (built first)."""
         return self.opaque == "a module"
 
-    @property
+    @functools.cached_property
     def writable(self) -> bool:
         """Whether a spec can give this parameter a value other than null."""
         if self.annotation is type(None):
@@ -198,6 +198,11 @@ class LayerType:
     @functools.cached_property
     def param_names(self) -> list[str]:  # read for every layer a spec writes: made once per entry
         return [p.name for p in self.params]
+
+    @functools.cached_property
+    def module_params(self) -> tuple[tuple[int, Param], ...]:
+        """The parameters that take a module, with their positions."""
+        return tuple((i, p) for i, p in enumerate(self.params) if p.takes_module)
 
     def forward_signature(self) -> inspect.Signature | None:
         """The inputs its ``forward`` takes, without ``self`` (None if Python cannot tell)."""
@@ -492,14 +497,15 @@ def _described() -> Description | None:
     (or ``--plugin``) added layers, nor with ``MODELSPEC_NO_CACHE=1``. None: read the classes."""
     if _registered:
         return None
-    return _description_module().current()
+    global _description_module
+    if _description_module is None:
+        from . import _description  # imports this module: imported when first needed
+
+        _description_module = _description
+    return _description_module.current()
 
 
-@functools.cache
-def _description_module() -> types.ModuleType:
-    from . import _description  # imports this module: imported when first needed
-
-    return _description
+_description_module: types.ModuleType | None = None
 
 
 def layer_names() -> list[str]:
@@ -673,6 +679,8 @@ def bind_arguments(
     ``modules`` were given as nodes (parsed by the caller): they count as given and are
     not returned.
     """
+    if not args and not kwargs and not modules and not any(p.required for p in layer.params):
+        return {}, []  # 'ReLU': nothing given, nothing needed
     errors: list[ArgError] = []
     meant: set[str] = set()  # parameters an unknown keyword is a slip for: not also "missing"
     bound: dict[str, Any] = {}

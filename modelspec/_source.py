@@ -141,7 +141,11 @@ if _CParser is not None:
         def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
             if kind is yaml.ScalarNode and implicit[0]:
                 return resolve_plain(value)
+            if not self.yaml_path_resolvers:  # none registered: each kind's default tag (called per node)
+                return _DEFAULT_TAGS[kind]
             return str(super().resolve(kind, value, implicit))
+
+    _DEFAULT_TAGS = {yaml.ScalarNode: STR, yaml.SequenceNode: _SEQ_TAG, yaml.MappingNode: _MAP_TAG}
 
 
 #: plain scalars that libyaml and PyYAML may read differently ('Linear:{a: 1}' and '-ReLU'
@@ -383,7 +387,9 @@ class _Converter:
                     "write the structure out, or use fewer aliases",
                     self.alias_site,
                 )
-        self.errors.positions.setdefault(path, _pos(node.start_mark))
+        positions = self.errors.positions
+        if path not in positions:  # a mapping's value: its key's position is recorded already
+            positions[path] = _pos(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if len(path) >= MAX_DEPTH:  # aliases can nest deeper than the text does
