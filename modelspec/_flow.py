@@ -76,10 +76,10 @@ def _free_tensor(t: FreeTensor) -> torch.Tensor:
         value = torch.ones(spec.shape, dtype=dtype)
     elif init == "zeros":
         value = torch.zeros(spec.shape, dtype=dtype)
-    elif hasattr(init, "normal"):
-        value = torch.empty(spec.shape, dtype=dtype).normal_(init.normal.mean, init.normal.std)
+    elif "normal" in init:
+        value = torch.empty(spec.shape, dtype=dtype).normal_(init["normal"]["mean"], init["normal"]["std"])
     else:
-        value = torch.empty(spec.shape, dtype=dtype).uniform_(init.uniform.low, init.uniform.high)
+        value = torch.empty(spec.shape, dtype=dtype).uniform_(init["uniform"]["low"], init["uniform"]["high"])
     return nn.Parameter(value) if t.kind == "param" else value
 
 

@@ -41,16 +41,14 @@ import re
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Annotated, Any, Literal
-
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import _registry as registry
 from ._errors import Collector, SpecPath, closest, did_you_mean
 from ._ops import OPS, OpType
 
 if TYPE_CHECKING:
+    import pydantic
     import torch.nn as nn
 
     from ._build import _Builder as Builder
@@ -87,6 +85,7 @@ NODE_NAME = re.compile(r"^[a-z_][A-Za-z0-9_]*$")
 DOTTED_NAME = re.compile(r"^[a-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)((?:\[-?[0-9]+\])*)$")
 GRAPH_KEYS = ("inputs", "nodes", "outputs", "params", "buffers")
+_GRAPH_KEY_SET = frozenset(GRAPH_KEYS)
 #: Names nn.Sequential / nn.ModuleDict / fx.GraphModule use themselves: no child,
 #: model or graph node can take them.
 #: Keywords of a mapping node beside its layer, children or graph.
@@ -134,46 +133,64 @@ _CONTAINER_HINTS = {
 }
 
 
-class InputSpec(BaseModel):
-    """An example input: sizes lazy layers at build time and drives ``grads``."""
+@dataclass(frozen=True)
+class InputSpec:
+    """An example input (checked by :class:`modelspec._grammar.InputSpec`): sizes lazy layers
+    at build time and drives ``grads``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # "8" is not a size
-    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, description="e.g. [2, 4]: batch 2, 4 features")
-    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    shape: list[int]
+    dtype: str = "float32"
 
-
-class _Normal(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    mean: float = 0.0
-    std: Annotated[float, Field(ge=0)] = 1.0
+    def to_data(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "dtype": self.dtype}
 
 
-class _Uniform(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    low: float = 0.0
-    high: float = 1.0
+@dataclass(frozen=True)
+class TensorSpec:
+    """A free parameter or buffer of a graph (checked by :class:`modelspec._grammar.TensorSpec`).
+    ``init`` is as written, defaults filled in: ``"zeros"``, ``"ones"``,
+    ``{"normal": {"mean": m, "std": s}}`` or ``{"uniform": {"low": a, "high": b}}``."""
+
+    shape: list[int]
+    dtype: str = "float32"
+    init: str | dict[str, dict[str, float]] = "zeros"
+    persistent: bool = True
+
+    def to_data(self) -> dict[str, Any]:
+        init = self.init if isinstance(self.init, str) else {k: dict(v) for k, v in self.init.items()}
+        return {"shape": list(self.shape), "dtype": self.dtype, "init": init, "persistent": self.persistent}
 
 
-class NormalInit(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    normal: _Normal
+#: Sizes a spec can write without pydantic having a say (it takes bigger ones too).
+_SIZE_LIMIT = 2**63
 
 
-class UniformInit(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    uniform: _Uniform
+def _sizes(value: Any, low: int) -> bool:
+    """Whether ``value`` is a list of whole numbers >= ``low``, as pydantic's strict check takes it."""
+    return type(value) is list and all(type(n) is int and low <= n < _SIZE_LIMIT for n in value)
 
 
-class TensorSpec(BaseModel):
-    """A free parameter or buffer of a graph: a tensor that is not inside a layer."""
+def quick_input(raw: Any) -> InputSpec | None:
+    """``raw`` as an example input if it is plainly one (else None: pydantic checks it)."""
+    if type(raw) is not dict or not raw.keys() <= {"shape", "dtype"}:
+        return None
+    shape, dtype = raw.get("shape"), raw.get("dtype", "float32")
+    if not _sizes(shape, 1) or not shape or type(dtype) is not str or dtype not in DTYPES:
+        return None
+    return InputSpec(list(shape), dtype)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="Tensor")
-    shape: list[Annotated[int, Field(ge=0)]] = Field(description="e.g. [1, 1, 768]")
-    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
-    init: Literal["zeros", "ones"] | NormalInit | UniformInit = Field(
-        "zeros", description="zeros (default), ones, {normal: {mean, std}} or {uniform: {low, high}}"
-    )
-    persistent: bool = Field(True, description="buffers only: false keeps it out of state_dict")
+
+def _quick_tensor(raw: Any) -> TensorSpec | None:
+    """``raw`` as a free tensor if it is plainly one with a constant init (else None: pydantic checks it)."""
+    if type(raw) is not dict or not raw.keys() <= {"shape", "dtype", "init", "persistent"}:
+        return None
+    shape, dtype = raw.get("shape"), raw.get("dtype", "float32")
+    init, persistent = raw.get("init", "zeros"), raw.get("persistent", True)
+    if not _sizes(shape, 0) or type(dtype) is not str or dtype not in DTYPES:
+        return None
+    if type(init) is not str or init not in ("zeros", "ones") or type(persistent) is not bool:
+        return None
+    return TensorSpec(list(shape), dtype, init, persistent)
 
 
 # ---------------------------------------------------------------- the node IR
@@ -352,7 +369,7 @@ class FreeTensor:
     path: SpecPath
 
     def to_data(self) -> Any:
-        data = self.spec.model_dump(exclude_defaults=False)
+        data = self.spec.to_data()
         if self.kind == "param":
             data.pop("persistent")
         return data
@@ -387,7 +404,7 @@ class Graph:
 
         data: dict[str, Any] = {}
         if any(i.example is not None for i in self.inputs):
-            data["inputs"] = mapping([(i.name, i.example.model_dump() if i.example else None) for i in self.inputs])
+            data["inputs"] = mapping([(i.name, i.example.to_data() if i.example else None) for i in self.inputs])
         else:
             data["inputs"] = [i.name for i in self.inputs]
         data["nodes"] = mapping([(n.name, n.to_data(ordered)) for n in self.nodes])
@@ -513,6 +530,9 @@ def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def _split_args(value: Any) -> tuple[list[Any], dict[str, Any]]:
     """A layer's or op's value -> (positional, keywords): null, one value, a list, a mapping."""
     if value is None:
@@ -554,7 +574,7 @@ class NodeParser:
         if not raw:
             self.errors.add("empty-node", "an empty mapping builds nothing", path)
             return Seq((), path)
-        if any(k in RESERVED for k in raw):
+        if not RESERVED.keys().isdisjoint(raw):
             for key in raw:
                 if key in RESERVED:
                     reserved(self.errors, key, (*path, key))
@@ -575,7 +595,7 @@ class NodeParser:
                 return Seq((), path)
         if "repeat" in raw:
             return self.repeat(raw, path)
-        if any(k in GRAPH_KEYS for k in raw):
+        if not _GRAPH_KEY_SET.isdisjoint(raw):
             return self.graph(raw, path)
         if len(raw) == 1 and isinstance(raw.get("Sequential"), list):  # a list's mapping form
             items = raw["Sequential"]
@@ -743,16 +763,11 @@ class NodeParser:
 
         One error at the layer with the fix, then the arguments are checked as meant.
         """
+        if len(types) != 1 or raw[types[0]] is not None or len(raw) == 1:  # the usual layer: no slip
+            return None
         entry = registry.get_layer(types[0])
         others = [k for k in raw if k != types[0]]
-        if (
-            len(types) != 1
-            or raw[types[0]] is not None
-            or not others
-            or entry is None
-            or not all(CHILD.match(k) for k in others)
-            or not any(k in entry.param_names for k in others)
-        ):
+        if entry is None or not all(CHILD.match(k) for k in others) or not any(k in entry.param_names for k in others):
             return None
         names = _and([f"'{k}'" for k in others])
         type_at = self.errors.positions.get((*path, types[0]))
@@ -785,9 +800,7 @@ class NodeParser:
         # Arguments that take a module are nodes: parsed here, built before the layer.
         modules: list[tuple[str, Node]] = []
         written: dict[str, Any] = {}
-        for i, p in enumerate(entry.params):
-            if not p.takes_module:
-                continue
+        for i, p in entry.module_params:
             where: tuple[str | int, ...] | None = None
             if i < len(args) and args[i] is not None:
                 given, where = args[i], (i,)
@@ -801,7 +814,7 @@ class NodeParser:
                 module = self.node(given, full)
                 modules.append((p.name, module))
                 written[p.name] = node_to_data(module)
-        skip = frozenset(name for name, _ in modules)
+        skip = frozenset(name for name, _ in modules) if modules else _NONE
         values, problems = registry.bind_arguments(entry, args, kwargs, modules=skip)
         for prob in problems:
             where = prob.where
@@ -809,12 +822,12 @@ class NodeParser:
                 where = (len(value) - 1, *where)  # keywords sit in the list's last item
             self.errors.add(prob.code, prob.message, (*arg_path, *where), hint=prob.hint)
         arguments = {}
-        for name in entry.param_names:
-            if name in written:
-                arguments[name] = written[name]
-            elif name in values:
-                i = entry.param_names.index(name)
-                arguments[name] = args[i] if i < len(args) else kwargs[name]
+        if values or written:
+            for i, name in enumerate(entry.param_names):
+                if name in written:
+                    arguments[name] = written[name]
+                elif name in values:
+                    arguments[name] = args[i] if i < len(args) else kwargs[name]
         return Layer(type_name, arguments, values, path, tuple(modules))
 
     # -- graphs
@@ -869,12 +882,7 @@ class NodeParser:
                 if not NODE_NAME.match(name):
                     self.errors.add("bad-name", f"input name {name!r} is not a lower-case identifier", where)
                     continue
-                spec = None
-                if example is not None:
-                    try:
-                        spec = InputSpec.model_validate(example)
-                    except pydantic.ValidationError as e:
-                        self.pydantic_errors(e, where)
+                spec = None if example is None else self.input_spec(example, where)
                 out.append(GraphInput(name, spec, where))
         else:
             self.errors.add(
@@ -900,10 +908,8 @@ class NodeParser:
                 self.errors.add("bad-name", f"'{name}' is not a valid {kind} name", where,
                                 hint="lower-case identifiers, e.g. 'cls_token'")  # fmt: skip
                 continue
-            try:
-                spec = TensorSpec.model_validate(value)
-            except pydantic.ValidationError as e:
-                self.pydantic_errors(e, where)
+            spec = _quick_tensor(value) or self.checked(value, where, "TensorSpec")
+            if spec is None:
                 continue
             if kind == "param" and "persistent" in (value or {}):
                 self.errors.add("unknown-key", "'persistent' is for buffers; a parameter is always saved",
@@ -913,6 +919,24 @@ class NodeParser:
                                 (*where, "dtype"), hint="make it a buffer, or use float32")  # fmt: skip
             out.append(FreeTensor(name, kind, spec, where))
         return out
+
+    def input_spec(self, raw: Any, where: SpecPath) -> InputSpec | None:
+        """An example input (None after reporting why ``raw`` is none)."""
+        return quick_input(raw) or self.checked(raw, where, "InputSpec")
+
+    def checked(self, raw: Any, where: SpecPath, model: Literal["InputSpec", "TensorSpec"]) -> Any:
+        """``raw`` checked by the grammar's pydantic ``model``, as this module's dataclass of that
+        name; None after reporting every problem."""
+        import pydantic
+
+        from . import _grammar
+
+        try:
+            checked = getattr(_grammar, model).model_validate(raw)
+        except pydantic.ValidationError as e:
+            self.pydantic_errors(e, where)
+            return None
+        return (InputSpec if model == "InputSpec" else TensorSpec)(**checked.model_dump())
 
     def pydantic_errors(self, e: pydantic.ValidationError, where: SpecPath) -> None:
         for err in e.errors():
@@ -1242,7 +1266,9 @@ def schema_defs() -> dict[str, Any]:
             {"$ref": "#/$defs/RepeatEntry"},
         ],
     }
-    tensor = TensorSpec.model_json_schema(ref_template="#/$defs/{model}")
+    from ._grammar import TensorSpec as TensorModel
+
+    tensor = TensorModel.model_json_schema(ref_template="#/$defs/{model}")
     for key, value in tensor.pop("$defs", {}).items():
         defs[key] = value
     defs["Tensor"] = tensor

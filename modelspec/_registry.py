@@ -45,12 +45,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-import pydantic
-
 from . import _plugins
 from ._errors import ModelspecError, UsageError
 
 if TYPE_CHECKING:
+    import pydantic
     import torch.nn as nn
 
     from ._description import Description
@@ -131,13 +130,17 @@ class Param:
         """Whether the constructor takes a module here: a spec writes a node (built first)."""
         return self.opaque == "a module"
 
-    @property
+    @functools.cached_property
     def writable(self) -> bool:
         """Whether a spec can give this parameter a value other than null."""
-        return self.adapter is not None and self.annotation is not type(None)
+        if self.annotation is type(None):
+            return False
+        return _plain_annotation(self.annotation) or self.adapter is not None  # pydantic takes every plain one
 
     @functools.cached_property
     def adapter(self) -> pydantic.TypeAdapter[Any] | None:
+        import pydantic  # only for values the plain checks leave to it, and for the schema
+
         try:
             return pydantic.TypeAdapter(self.annotation)
         except (pydantic.PydanticSchemaGenerationError, TypeError, NameError):  # pragma: no cover
@@ -156,6 +159,8 @@ class Param:
             schema["description"] = f"takes {self.opaque or 'a Python object'}: cannot be written in a spec yet"
             return schema
         assert self.adapter is not None
+        import pydantic
+
         try:
             schema = self.adapter.json_schema()
         except (pydantic.errors.PydanticInvalidForJsonSchema, TypeError):  # pragma: no cover
@@ -190,9 +195,14 @@ class LayerType:
         """The class itself (imports torch)."""
         return _table()[self.name]
 
-    @property
-    def param_names(self) -> list[str]:
+    @functools.cached_property
+    def param_names(self) -> list[str]:  # read for every layer a spec writes: made once per entry
         return [p.name for p in self.params]
+
+    @functools.cached_property
+    def module_params(self) -> tuple[tuple[int, Param], ...]:
+        """The parameters that take a module, with their positions."""
+        return tuple((i, p) for i, p in enumerate(self.params) if p.takes_module)
 
     def forward_signature(self) -> inspect.Signature | None:
         """The inputs its ``forward`` takes, without ``self`` (None if Python cannot tell)."""
@@ -487,9 +497,15 @@ def _described() -> Description | None:
     (or ``--plugin``) added layers, nor with ``MODELSPEC_NO_CACHE=1``. None: read the classes."""
     if _registered:
         return None
-    from . import _description
+    global _description_module
+    if _description_module is None:
+        from . import _description  # imports this module: imported when first needed
 
-    return _description.current()
+        _description_module = _description
+    return _description_module.current()
+
+
+_description_module: types.ModuleType | None = None
 
 
 def layer_names() -> list[str]:
@@ -546,6 +562,117 @@ def _entry(name: str, cls: type[nn.Module]) -> LayerType:
     return _make(name, cls)
 
 
+# ---------------------------------------------------------------- checking values quickly
+# Every argument a spec writes is checked against its parameter's plain-data annotation. pydantic
+# (strict, JSON mode) is the reference; for the common cases (numbers, strings, booleans, null,
+# literals, tuples and lists of them, unions of those) :func:`_quick` gives the same answer
+# without it, and says when it cannot be sure. A value it does not accept goes to pydantic,
+# which makes the error message, so messages come from one place.
+_REJECT = object()  # pydantic surely refuses the value
+_UNSURE = object()  # ask pydantic
+#: Integers a float parameter converts exactly (pydantic's JSON reading, float(i), agree on these).
+_EXACT_INT = 2**53
+_JSON_TYPES = (bool, int, float, str, type(None), list, tuple, dict)
+
+
+def _plain_annotation(annotation: Any) -> bool:
+    """Whether :func:`_quick` understands ``annotation`` (pydantic then surely makes a validator for it)."""
+    try:
+        return _plain(annotation)
+    except TypeError:  # unhashable
+        return False
+
+
+@functools.cache
+def _plain(annotation: Any) -> bool:
+    if annotation in _SCALARS:
+        return True
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return all(type(a) in (str, int, bool, type(None)) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return all(_plain(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _plain(args[0])
+    if origin in (tuple, list) and args and Ellipsis not in args:
+        return (origin is tuple or len(args) == 1) and all(_plain(a) for a in args)
+    return False
+
+
+def _quick(annotation: Any, value: Any) -> Any:
+    """The value pydantic returns for ``value`` validated against ``annotation`` (strict, from
+    JSON), or ``_REJECT`` where it surely fails, or ``_UNSURE``. Never a different answer."""
+    t = type(value)
+    if t not in _JSON_TYPES:
+        return _UNSURE
+    if annotation is int:
+        if t is int:
+            return value if -_EXACT_INT < value < _EXACT_INT else _UNSURE
+        return _REJECT
+    if annotation is float:
+        if t is float:
+            return value if value - value == 0 else _UNSURE  # nan and inf: ask
+        if t is int:
+            return float(value) if -_EXACT_INT < value < _EXACT_INT else _UNSURE
+        return _REJECT
+    if annotation is bool or annotation is type(None):
+        return value if t is annotation else _REJECT
+    if annotation is str:
+        if t is str:
+            return value if value.isascii() else _UNSURE  # a lone surrogate does not survive JSON
+        return _REJECT
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        for a in args:
+            if type(a) is t and a == value:
+                return a
+        return _UNSURE if any(a == value for a in args) else _REJECT  # 1 == 1.0 == True: ask
+    if origin is typing.Union or origin is types.UnionType:
+        found: list[Any] = []
+        for a in args:
+            got = _quick(a, value)
+            if got is _UNSURE:
+                return _UNSURE
+            if got is not _REJECT:
+                found.append(got)
+        if not found:
+            return _REJECT
+        first = found[0]
+        return first if all(type(f) is type(first) and f == first for f in found) else _UNSURE
+    if origin is tuple or origin is list:
+        if t is not list and t is not tuple:
+            return _REJECT if t in (bool, int, float, str, type(None), dict) else _UNSURE
+        if origin is list or (len(args) == 2 and args[1] is Ellipsis):
+            kinds = (args[0],) * len(value)
+        elif len(args) == len(value):
+            kinds = args
+        else:
+            return _REJECT
+        items = []
+        for a, v in zip(kinds, value, strict=True):
+            got = _quick(a, v)
+            if got is _UNSURE or got is _REJECT:
+                return got
+            items.append(got)
+        return tuple(items) if origin is tuple else items
+    return _UNSURE
+
+
+def _validate(p: Param, value: Any) -> tuple[Any, str | None]:
+    """``value`` checked against ``p``'s annotation (strict, as JSON): (the value, None), or
+    (None, pydantic's first message). Raises TypeError or ValueError for what is not JSON."""
+    got = _quick(p.annotation, value) if _plain_annotation(p.annotation) else _UNSURE
+    if got is not _UNSURE and got is not _REJECT:
+        return got, None
+    import pydantic
+
+    assert p.adapter is not None  # an unwritable parameter was dropped, or its value is null
+    try:
+        return p.adapter.validate_json(json.dumps(value), strict=True), None
+    except pydantic.ValidationError as e:
+        return None, e.errors()[0]["msg"]
+
+
 def bind_arguments(
     layer: Any, args: list[Any], kwargs: dict[str, Any], *, modules: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], list[ArgError]]:
@@ -557,8 +684,8 @@ def bind_arguments(
     ``modules`` were given as nodes (parsed by the caller): they count as given and are
     not returned.
     """
-    from ._errors import closest
-
+    if not args and not kwargs and not modules and not any(p.required for p in layer.params):
+        return {}, []  # 'ReLU': nothing given, nothing needed
     errors: list[ArgError] = []
     meant: set[str] = set()  # parameters an unknown keyword is a slip for: not also "missing"
     bound: dict[str, Any] = {}
@@ -585,6 +712,8 @@ def bind_arguments(
                 )
             )
         elif key not in names:
+            from ._errors import closest
+
             match = closest(key, names)
             if match is not None:
                 meant.add(match)
@@ -627,22 +756,19 @@ def bind_arguments(
             ))  # fmt: skip
             bound.pop(p.name, None)
     for name, (value, where) in bound.items():
-        adapter = by_name[name].adapter
-        assert adapter is not None  # an unwritable parameter was dropped above, or its value is null
         try:
-            out[name] = adapter.validate_json(json.dumps(value), strict=True)
-        except pydantic.ValidationError as e:
-            first = e.errors()[0]
-            errors.append(
-                ArgError(
-                    "wrong-type",
-                    f"argument '{name}' = {value!r}: {first['msg']}",
-                    where,
-                    hint=_type_hint(by_name[name]),
-                )
-            )
+            checked, problem = _validate(by_name[name], value)
         except (TypeError, ValueError):
             errors.append(ArgError("wrong-type", f"argument '{name}' = {value!r} is not plain data", where))
+            continue
+        if problem is None:
+            out[name] = checked
+        else:
+            errors.append(
+                ArgError(
+                    "wrong-type", f"argument '{name}' = {value!r}: {problem}", where, hint=_type_hint(by_name[name])
+                )
+            )
     return out, errors
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ._files import make_folder
+from ._grammar import NODE_MARKER, SpecFile
 from ._inventory import Report
 from ._nodes import RESERVED, schema_defs
 from ._outfile import check_output_file, write_output_file
-from ._spec import _NAME, NODE_MARKER, RESERVED_MODEL_NAMES, SpecFile
+from ._spec import _NAME, RESERVED_MODEL_NAMES
 
 __all__ = ["SCHEMA_FILES", "render_schemas", "report_schema", "spec_schema"]
 

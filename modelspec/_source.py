@@ -141,7 +141,11 @@ if _CParser is not None:
         def resolve(self, kind: type[yaml.Node], value: Any, implicit: tuple[bool, bool]) -> str:
             if kind is yaml.ScalarNode and implicit[0]:
                 return resolve_plain(value)
+            if not self.yaml_path_resolvers:  # none registered: each kind's default tag (called per node)
+                return _DEFAULT_TAGS[kind]
             return str(super().resolve(kind, value, implicit))
+
+    _DEFAULT_TAGS = {yaml.ScalarNode: STR, yaml.SequenceNode: _SEQ_TAG, yaml.MappingNode: _MAP_TAG}
 
 
 #: plain scalars that libyaml and PyYAML may read differently ('Linear:{a: 1}' and '-ReLU'
@@ -181,22 +185,25 @@ def _plain_and_shallow(root: yaml.Node) -> bool:
     its definition, at the depth PyYAML's event count gives it (aliases add no depth)."""
     seen: set[int] = set()
     stack: list[tuple[yaml.Node, int]] = [(root, 0)]
+    disputed = _DISPUTED_PLAIN.search
     while stack:
         node, depth = stack.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
         if isinstance(node, yaml.ScalarNode):
-            if not node.style and (node.end_mark.line > node.start_mark.line or _DISPUTED_PLAIN.search(node.value)):
+            if not node.style and (node.end_mark.line > node.start_mark.line or disputed(node.value)):
                 return False
             continue
-        if depth + 1 > MAX_DEPTH:
+        depth += 1
+        if depth > MAX_DEPTH:
             return False
         if isinstance(node, yaml.MappingNode):
-            children = [child for pair in node.value for child in pair]
+            for key, value in reversed(node.value):  # popped in document order: key, value, next key
+                stack.append((value, depth))
+                stack.append((key, depth))
         else:
-            children = list(node.value)
-        stack.extend((child, depth + 1) for child in reversed(children))
+            stack.extend([(child, depth) for child in reversed(node.value)])
     return True
 
 
@@ -383,7 +390,9 @@ class _Converter:
                     "write the structure out, or use fewer aliases",
                     self.alias_site,
                 )
-        self.errors.positions.setdefault(path, _pos(node.start_mark))
+        positions = self.errors.positions
+        if path not in positions:  # a mapping's value: its key's position is recorded already
+            positions[path] = _pos(node.start_mark)
         if isinstance(node, yaml.ScalarNode):
             return self._scalar(node, path)
         if len(path) >= MAX_DEPTH:  # aliases can nest deeper than the text does
@@ -479,10 +488,9 @@ class _Converter:
         return None
 
     def _scalar(self, node: yaml.ScalarNode, path: SpecPath, at: tuple[int, int] | None = None) -> Any:
-        at = at or _pos(node.start_mark)
         tag, value = node.tag, node.value
         if tag == AMBIGUOUS:
-            self._ambiguous(node, path, at)
+            self._ambiguous(node, path, at or _pos(node.start_mark))
             return None
         if tag not in SCALAR_TAGS:
             self._bad_tag(node, path)
@@ -496,7 +504,7 @@ class _Converter:
             return value
         result = construct(tag, value)
         if result is MISFIT:
-            self._misfit(node, path, at)
+            self._misfit(node, path, at or _pos(node.start_mark))
             return None
         return result
 

@@ -1,8 +1,10 @@
 """Stage 2: plain data -> a validated, frozen :class:`Spec`.
 
 The surface grammar (what a user writes) is described by the pydantic model
-:class:`SpecFile` (the top level) plus the node grammar of :mod:`modelspec._nodes`;
-``modelspec schema`` turns both into ``schemas/modelspec.schema.json``.
+:class:`SpecFile` (the top level, in :mod:`modelspec._grammar`) plus the node grammar of
+:mod:`modelspec._nodes`; ``modelspec schema`` turns both into ``schemas/modelspec.schema.json``.
+A top level that is plainly valid is taken without pydantic (:func:`_quick_top`); anything
+else goes through ``SpecFile``, which then says what is wrong.
 
 Variables (``vars:`` and ``$`` expressions, :mod:`modelspec._vars`) are substituted on
 the plain data first, so the grammar sees plain values.
@@ -18,15 +20,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal
-
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from typing import TYPE_CHECKING, Any
 
 from . import _nodes
 from . import _registry as registry
 from ._errors import Collector, Diagnostic, SpecPath, did_you_mean
-from ._init import InitRule, Rule, parse_rules
 from ._nodes import (
     RESERVED,
     Children,
@@ -40,10 +38,14 @@ from ._nodes import (
     Use,
     kind_of,
     node_to_data,
+    quick_input,
     reserved,
 )
 from ._source import Document
 from ._vars import substitute
+
+if TYPE_CHECKING:
+    from ._init import Rule
 
 __all__ = [
     "FORMAT_VERSION",
@@ -56,7 +58,6 @@ __all__ = [
     "Repeat",
     "Seq",
     "Spec",
-    "SpecFile",
     "Tie",
     "Use",
     "parse",
@@ -64,35 +65,23 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+#: The top-level keys, in SpecFile's order (a test checks they are its fields).
+TOP_KEYS = ("modelspec", "name", "description", "vars", "seed", "input", "blocks", "model", "models", "ties", "init")
 
 
-def __getattr__(name: str) -> frozenset[str]:
+def __getattr__(name: str) -> Any:
     """``RESERVED_MODEL_NAMES`` (nn.ModuleDict's attributes: no model may take one) and
-    ``RESERVED_CHILD_NAMES``, read when first used: from the layer table's description, not torch."""
+    ``RESERVED_CHILD_NAMES``, read when first used: from the layer table's description, not torch;
+    ``SpecFile`` and ``TieSpec``, the grammar's pydantic models (imported when first used)."""
     if name == "RESERVED_MODEL_NAMES":
         return registry.reserved_names("ModuleDict")
     if name == "RESERVED_CHILD_NAMES":
         return _nodes.RESERVED_CHILD_NAMES
+    if name in ("SpecFile", "TieSpec"):
+        from . import _grammar
+
+        return getattr(_grammar, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# Nodes are parsed by NodeParser, not pydantic; the schema module swaps this marker
-# for a reference to the node grammar it generates from the registry.
-NODE_MARKER = "x-modelspec-node"
-_NodeJSON = Annotated[Any, WithJsonSchema({NODE_MARKER: True})]
-_Name = Annotated[str, Field(pattern=_NAME)]
-_PARAM = r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$"
-
-
-class TieSpec(BaseModel):
-    """One parameter tie: ``param`` is ``to`` (or ``to`` transposed) after building."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="Tie")
-    param: str = Field(pattern=_PARAM, description="the parameter that becomes the other, e.g. lm_head.weight")
-    to: str = Field(pattern=_PARAM, description="the parameter it is, e.g. transformer.wte.weight")
-    transposed: bool = Field(
-        False, description="true: 'param' reads 'to' with dims 0 and 1 swapped (a tied autoencoder's decoder)"
-    )
 
 
 @dataclass(frozen=True)
@@ -113,33 +102,6 @@ class Tie:
         if self.transposed:
             data["transposed"] = True
         return data
-
-
-class SpecFile(BaseModel):
-    """A modelspec file: one model (``model``) or several sharing blocks (``models``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="modelspec")
-    modelspec: Literal[1] = Field(description="format version of this file")
-    name: str | None = Field(None, description="a name for reports")
-    description: str | None = None
-    vars: dict[str, Any] = Field(default_factory=dict, description="variables (see _vars)")
-    seed: Annotated[int, Field(ge=0, le=2**64 - 1)] = Field(0, description="seeds parameter initialization")
-    input: InputSpec | None = Field(None, description="example input; needed for Lazy* layers")
-    blocks: dict[_Name, _NodeJSON] = Field(
-        default_factory=dict, description="named blocks: built once, the same object at every 'use'"
-    )
-    model: _NodeJSON | None = Field(None, description="the model (give this or 'models')")
-    models: dict[_Name, _NodeJSON] | None = Field(
-        None, description="several models, built into an nn.ModuleDict; they may share blocks"
-    )
-    ties: list[TieSpec] = Field(
-        default_factory=list,
-        description="parameter ties: each 'param' becomes 'to' (the same nn.Parameter), or reads it transposed",
-    )
-    init: list[InitRule] = Field(
-        default_factory=list,
-        description="init rules, applied in order after the default init; for each parameter the last match wins",
-    )
 
 
 @dataclass(frozen=True)
@@ -190,7 +152,7 @@ class Spec:
             data["vars"] = dict(self.vars)
         data["seed"] = self.seed
         if self.input is not None:
-            data["input"] = self.input.model_dump()
+            data["input"] = self.input.to_data()
         if self.blocks:
             data["blocks"] = {k: node_to_data(v, ordered) for k, v in self.blocks.items()}
         if self.models is not None:
@@ -228,30 +190,22 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
             hint="set 'modelspec: 1', or upgrade modelspec",
         )
     for key in data:
-        if key in RESERVED and key not in SpecFile.model_fields:
+        if key in RESERVED and key not in TOP_KEYS:
             reserved(errors, key, (key,))
-        elif key not in SpecFile.model_fields:
+        elif key not in TOP_KEYS:
             errors.add(
                 "unknown-key",
                 f"unknown top-level key '{key}'",
                 (key,),
-                hint=did_you_mean(key, SpecFile.model_fields) or f"allowed: {', '.join(SpecFile.model_fields)}",
+                hint=did_you_mean(key, TOP_KEYS) or f"allowed: {', '.join(TOP_KEYS)}",
             )
     if "model" in data and "models" in data:
         errors.add("conflicting-keys", "give either 'model' or 'models', not both", ("models",))
     elif "model" not in data and "models" not in data:
         errors.add("missing-key", "the spec defines no model", hint="add 'model:' (or 'models:' for several)")
-    known = {k: v for k, v in data.items() if k in SpecFile.model_fields and k != "init"}  # init: parse_rules
+    known = {k: v for k, v in data.items() if k in TOP_KEYS and k != "init"}  # init: parse_rules
     known["modelspec"] = FORMAT_VERSION  # checked above; go on checking the rest
-    top: SpecFile | None = None
-    try:
-        top = SpecFile.model_validate(known)
-    except pydantic.ValidationError as e:
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            code = {"missing": "missing-key", "extra_forbidden": "unknown-key"}.get(err["type"], "wrong-type")
-            message = f"{err['msg']} (got {kind_of(err.get('input'))})" if code == "wrong-type" else err["msg"]
-            errors.add(code, message, loc)
+    top = _quick_top(known) or _checked_top(known, errors)
 
     # Nodes are checked even when the top level has errors, so all problems come at once.
     parser = NodeParser(errors)
@@ -277,7 +231,11 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
                     ("models", name),
                     hint=f"choose another name, e.g. '{name.strip('_')}_model'",
                 )
-    rules = parse_rules(data["init"], errors) if "init" in data else ()
+    rules: tuple[Rule, ...] = ()
+    if "init" in data:
+        from ._init import parse_rules  # pydantic's models: only for specs that have rules
+
+        rules = parse_rules(data["init"], errors)
     errors.raise_if_errors()
     assert top is not None
     spec = Spec(
@@ -288,7 +246,7 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
         blocks=blocks,
         model=model,
         models=models,
-        ties=tuple(Tie(t.param, t.to, t.transposed, ("ties", i)) for i, t in enumerate(top.ties)),
+        ties=top.ties,
         init=rules,
         vars=values,
         file=doc.file,
@@ -296,6 +254,64 @@ def parse(doc: Document, overrides: dict[str, Any] | None = None) -> Spec:
         warnings=tuple(errors.warnings),
     )
     return replace(spec, sha256=canonical_sha256(spec))
+
+
+@dataclass(frozen=True)
+class _Top:
+    """What the top level holds besides the nodes (which NodeParser checks)."""
+
+    name: str | None
+    description: str | None
+    seed: int
+    input: InputSpec | None
+    ties: tuple[Tie, ...]
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: _NAME as pydantic reads it
+_MAX_SEED = 2**64 - 1
+
+
+def _quick_top(known: dict[str, Any]) -> _Top | None:
+    """The top level if it is plainly valid, else None (then ``SpecFile`` checks it and says why).
+    Accepts nothing that ``SpecFile`` refuses; ties are always left to it."""
+    name, description = known.get("name"), known.get("description")
+    seed, raw_input = known.get("seed", 0), known.get("input")
+    if not (name is None or type(name) is str) or not (description is None or type(description) is str):
+        return None
+    if type(seed) is not int or not 0 <= seed <= _MAX_SEED or known.get("ties", []) != []:
+        return None
+    if type(known.get("vars", {})) is not dict or not all(type(k) is str for k in known.get("vars", {})):
+        return None
+    for key in ("blocks", "models"):
+        names = known.get(key, {} if key == "blocks" else None)
+        if names is None and key == "models":
+            continue
+        if type(names) is not dict or not all(type(k) is str and _NAME_RE.fullmatch(k) for k in names):
+            return None
+    example = None if raw_input is None else quick_input(raw_input)
+    if raw_input is not None and example is None:
+        return None
+    return _Top(name, description, seed, example, ())
+
+
+def _checked_top(known: dict[str, Any], errors: Collector) -> _Top | None:
+    """The top level checked by the grammar's ``SpecFile``; None after reporting every problem."""
+    import pydantic
+
+    from ._grammar import SpecFile
+
+    try:
+        top = SpecFile.model_validate(known)
+    except pydantic.ValidationError as e:
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            code = {"missing": "missing-key", "extra_forbidden": "unknown-key"}.get(err["type"], "wrong-type")
+            message = f"{err['msg']} (got {kind_of(err.get('input'))})" if code == "wrong-type" else err["msg"]
+            errors.add(code, message, loc)
+        return None
+    example = None if top.input is None else InputSpec(**top.input.model_dump())
+    ties = tuple(Tie(t.param, t.to, t.transposed, ("ties", i)) for i, t in enumerate(top.ties))
+    return _Top(top.name, top.description, top.seed, example, ties)
 
 
 def canonical_sha256(spec: Spec) -> str:
