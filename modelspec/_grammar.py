@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from ._init import InitRule
+from ._init_grammar import InitRule
 from ._nodes import DTYPES
 from ._spec import _NAME
 

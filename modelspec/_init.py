@@ -40,129 +40,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import pydantic
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from ._errors import Collector, SpecPath, closest
 
-from ._errors import Collector, SpecPath, closest, did_you_mean
+if TYPE_CHECKING:
+    from ._init_grammar import InitRule
 
-__all__ = ["FAN_METHODS", "METHODS", "SELECTORS", "InitRule", "Rule", "parse_rules"]
+__all__ = ["FAN_METHODS", "METHODS", "SELECTORS", "Rule", "parse_rules", "with_defaults"]
 
-_Num = Annotated[float, Field(allow_inf_nan=False)]
-_Std = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-_Nonlinearity = Literal[
-    "linear",
-    "conv1d",
-    "conv2d",
-    "conv3d",
-    "conv_transpose1d",
-    "conv_transpose2d",
-    "conv_transpose3d",
-    "sigmoid",
-    "tanh",
-    "relu",
-    "leaky_relu",
-    "selu",
-]
-#: a ``rename`` prefix: a module path, or "" for every name
-_PREFIX = r"^([A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)?$"
-
-
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class NoArgs(_Args):
-    """No arguments: ``zeros`` or ``zeros: {}``."""
-
-
-class NormalArgs(_Args):
-    mean: _Num = 0.0
-    std: _Std = 1.0
-
-
-class UniformArgs(_Args):
-    low: _Num = 0.0
-    high: _Num = 1.0
-
-
-class ConstantArgs(_Args):
-    value: _Num
-
-
-class GainArgs(_Args):
-    gain: _Num = 1.0
-
-
-class KaimingArgs(_Args):
-    a: _Num = Field(0.0, description="the negative slope of the rectifier after this layer (leaky_relu)")
-    mode: Literal["fan_in", "fan_out"] = "fan_in"
-    nonlinearity: _Nonlinearity = "leaky_relu"
-
-
-class TruncNormalArgs(_Args):
-    mean: _Num = 0.0
-    std: _Std = 1.0
-    a: _Num = Field(-2.0, description="lower bound (absolute, not in units of std)")
-    b: _Num = Field(2.0, description="upper bound")
-
-
-#: method name -> its arguments
-METHODS: dict[str, type[_Args]] = {
-    "normal": NormalArgs,
-    "uniform": UniformArgs,
-    "zeros": NoArgs,
-    "ones": NoArgs,
-    "constant": ConstantArgs,
-    "xavier_uniform": GainArgs,
-    "xavier_normal": GainArgs,
-    "kaiming_uniform": KaimingArgs,
-    "kaiming_normal": KaimingArgs,
-    "orthogonal": GainArgs,
-    "trunc_normal": TruncNormalArgs,
+#: method name -> its arguments and their defaults (REQUIRED: no default); the pydantic
+#: models in _init_grammar have the same (a test checks it)
+REQUIRED: Any = object()
+NONLINEARITIES = ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                  "conv_transpose3d", "sigmoid", "tanh", "relu", "leaky_relu", "selu")  # fmt: skip
+_NORMAL = {"mean": 0.0, "std": 1.0}
+_GAIN = {"gain": 1.0}
+_KAIMING = {"a": 0.0, "mode": "fan_in", "nonlinearity": "leaky_relu"}
+METHODS: dict[str, dict[str, Any]] = {
+    "normal": _NORMAL,
+    "uniform": {"low": 0.0, "high": 1.0},
+    "zeros": {},
+    "ones": {},
+    "constant": {"value": REQUIRED},
+    "xavier_uniform": _GAIN,
+    "xavier_normal": _GAIN,
+    "kaiming_uniform": _KAIMING,
+    "kaiming_normal": _KAIMING,
+    "orthogonal": _GAIN,
+    "trunc_normal": {**_NORMAL, "a": -2.0, "b": 2.0},
 }
+#: what each argument takes, in the quick parse: a finite number, a finite number >= 0, one of a set
+_KINDS: dict[str, Any] = {"std": "std", "mode": ("fan_in", "fan_out"), "nonlinearity": NONLINEARITIES}
 SELECTORS = ("params", "layer", "block")
 FAN_METHODS = ("xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal")
 _MIN_MASS = 0.01  # trunc_normal: [a, b] must hold this much of N(mean, std), or the redraws never end
+_RULE_KEYS = frozenset({*SELECTORS, "from", "rename", *METHODS})
 
 
-class InitRule(BaseModel):
-    """One init rule: selectors (AND-combined, at least one) and one method, or ``from``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, title="InitRule")
-    params: str | list[str] | None = Field(
-        None, description="glob(s) over qualified parameter names; '*' crosses dots, e.g. '*.c_proj.weight'"
-    )
-    layer: str | list[str] | None = Field(
-        None, description="layer type name(s), e.g. Linear: every parameter inside such a layer"
-    )
-    block: str | None = Field(None, description="a named block: every parameter inside it")
-    from_: str | None = Field(
-        None, alias="from", description="a build folder (relative to the spec's folder) to take the values from"
-    )
-    rename: dict[Annotated[str, Field(pattern=_PREFIX)], Annotated[str, Field(pattern=_PREFIX)]] | None = Field(
-        None, description="with 'from': our name prefix -> the source's ('' for every name)"
-    )
-    normal: NormalArgs | None = Field(None, description="N(mean, std^2); default mean 0, std 1")
-    uniform: UniformArgs | None = Field(None, description="U(low, high); default 0, 1")
-    zeros: NoArgs | None = None
-    ones: NoArgs | None = None
-    constant: ConstantArgs | None = None
-    xavier_uniform: GainArgs | None = None
-    xavier_normal: GainArgs | None = None
-    kaiming_uniform: KaimingArgs | None = None
-    kaiming_normal: KaimingArgs | None = None
-    orthogonal: GainArgs | None = Field(None, description="equal across machines to about 1e-6, not bitwise")
-    trunc_normal: TruncNormalArgs | None = Field(None, description="N(mean, std^2) redrawn until inside [a, b]")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_methods(cls, data: Any) -> Any:
-        """``{params: '*.bias', zeros}`` (YAML: zeros is null) means zeros with its defaults."""
-        if isinstance(data, dict):
-            return {k: ({} if k in METHODS and v is None else v) for k, v in data.items()}
-        return data
+def with_defaults(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A rule's arguments with the method's defaults filled in."""
+    return {name: args.get(name, default) for name, default in METHODS[method].items()}
 
 
 @dataclass(frozen=True)
@@ -217,6 +135,81 @@ def parse_rules(raw: Any, errors: Collector) -> tuple[Rule, ...]:
 
 
 def _parse_rule(item: Any, path: SpecPath, errors: Collector) -> Rule | None:
+    return _quick_rule(item, path) or _checked_rule(item, path, errors)
+
+
+def _quick_rule(item: Any, path: SpecPath) -> Rule | None:
+    """The rule if ``item`` is plainly valid: what ``InitRule`` accepts and no check refuses,
+    read without pydantic. None for anything else (then :func:`_checked_rule` says why)."""
+    if type(item) is not dict or not item.keys() <= _RULE_KEYS or "from" in item or "rename" in item:
+        return None
+    given = [k for k in item if k in METHODS]
+    if len(given) != 1 or not any(k in item for k in SELECTORS):
+        return None
+    for key in ("params", "layer"):
+        value = item.get(key)
+        if (
+            key in item
+            and not (type(value) is str and value)
+            and not (type(value) is list and value and all(type(v) is str and v for v in value))
+        ):
+            return None
+    if "block" in item and type(item["block"]) is not str:
+        return None
+    method = given[0]
+    raw = {} if item[method] is None else item[method]
+    defaults = METHODS[method]
+    if type(raw) is not dict or not raw.keys() <= defaults.keys():
+        return None
+    args = {}
+    for name, value in raw.items():
+        kind = _KINDS.get(name)
+        if isinstance(kind, tuple):
+            if type(value) is not str or value not in kind:
+                return None
+            args[name] = value
+            continue
+        number = _finite(value)
+        if number is None or (kind == "std" and not number >= 0):
+            return None
+        args[name] = number
+    full = {**defaults, **args}
+    if any(v is REQUIRED for v in full.values()):
+        return None
+    if method == "uniform" and full["low"] > full["high"]:
+        return None
+    if method == "trunc_normal" and (
+        full["a"] >= full["b"] or _mass(full["mean"], full["std"], full["a"], full["b"]) < _MIN_MASS
+    ):
+        return None
+    return Rule(
+        params=_as_tuple(item.get("params")),
+        layers=_as_tuple(item.get("layer")),
+        block=item.get("block"),
+        method=method,
+        args=args,
+        source=None,
+        renames={},
+        path=path,
+        forms={k: isinstance(item.get(k), list) for k in ("params", "layer")},
+    )
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as pydantic's strict finite float reads it; None when it may refuse it."""
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int and -(2**53) <= value <= 2**53:  # exactly a float (bigger ones: pydantic decides)
+        return float(value)
+    return None
+
+
+def _checked_rule(item: Any, path: SpecPath, errors: Collector) -> Rule | None:
+    """:func:`_parse_rule` by the grammar's pydantic models: reports every problem."""
+    import pydantic
+
+    from ._init_grammar import InitRule, pydantic_errors
+
     if not isinstance(item, dict):
         errors.add(
             "wrong-type",
@@ -265,7 +258,7 @@ def _parse_rule(item: Any, path: SpecPath, errors: Collector) -> Rule | None:
     try:
         rule = InitRule.model_validate(item)
     except pydantic.ValidationError as e:
-        _pydantic_errors(e, path, errors)
+        pydantic_errors(e, path, errors)
         return None
     checks = _value_problems(rule)
     for key, message, hint in checks:
@@ -329,28 +322,3 @@ def _mass(mean: float, std: float, a: float, b: float) -> float:
         return 1.0 if a <= mean <= b else 0.0
     s = std * math.sqrt(2.0)
     return 0.5 * (math.erf((b - mean) / s) - math.erf((a - mean) / s))
-
-
-_UNION_TAGS = frozenset({"str", "list[str]"})
-
-
-def _pydantic_errors(e: pydantic.ValidationError, path: SpecPath, errors: Collector) -> None:
-    seen: set[tuple[Any, ...]] = set()
-    keys = [*SELECTORS, "from", "rename", *METHODS]
-    for err in e.errors():
-        loc = tuple(p for p in err["loc"] if p not in _UNION_TAGS and p != "[key]")
-        if loc in seen:  # one message per place: a union reports each of its members
-            continue
-        seen.add(loc)
-        code = {"missing": "missing-key", "extra_forbidden": "unknown-key"}.get(err["type"], "wrong-type")
-        message, hint = err["msg"], None
-        if code == "unknown-key" and len(loc) == 1:
-            message = f"unknown key '{loc[0]}' in an init rule"
-            hint = did_you_mean(str(loc[0]), keys) or f"a rule has selectors ({', '.join(SELECTORS)}) and one method"
-        elif code == "unknown-key":
-            message = f"unknown argument '{loc[-1]}' of {loc[0]}"
-            fields = METHODS[str(loc[0])].model_fields if loc[0] in METHODS else {}
-            hint = did_you_mean(str(loc[-1]), fields) or (f"{loc[0]} takes: {', '.join(fields)}" if fields else None)
-        elif err["type"] == "string_type" and len(loc) == 1 and loc[0] in ("params", "layer"):
-            message = f"'{loc[0]}' is a name or a list of names (got {type(err.get('input')).__name__})"
-        errors.add(code, message, (*path, *loc), hint=hint)

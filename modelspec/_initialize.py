@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ._errors import CheckpointError, Collector, closest
-from ._init import METHODS, Rule
+from ._init import Rule, with_defaults
 from ._init_select import _Params, plan_init
 from ._rng import PortableInit, normal_
 from ._transfer import Source, Transfer, TransferredTensor, rename
@@ -173,7 +173,7 @@ def _draw(p: torch.Tensor, rule: Rule, generator: torch.Generator) -> None:
     """Initialise ``p`` in place by ``rule``'s method, drawing portably from ``generator``."""
     if p.numel() == 0:
         return  # torch.nn.init warns on empty tensors; there is nothing to draw
-    args = METHODS[rule.method].model_validate(rule.args).model_dump()  # defaults filled in
+    args = with_defaults(rule.method, rule.args)
     if rule.method == "orthogonal":
         _orthogonal(p, args["gain"], generator)
     elif rule.method == "trunc_normal":

@@ -273,12 +273,13 @@ _MAX_SEED = 2**64 - 1
 
 def _quick_top(known: dict[str, Any]) -> _Top | None:
     """The top level if it is plainly valid, else None (then ``SpecFile`` checks it and says why).
-    Accepts nothing that ``SpecFile`` refuses; ties are always left to it."""
+    Accepts nothing that ``SpecFile`` refuses."""
     name, description = known.get("name"), known.get("description")
     seed, raw_input = known.get("seed", 0), known.get("input")
     if not (name is None or type(name) is str) or not (description is None or type(description) is str):
         return None
-    if type(seed) is not int or not 0 <= seed <= _MAX_SEED or known.get("ties", []) != []:
+    ties = _quick_ties(known.get("ties", []))
+    if type(seed) is not int or not 0 <= seed <= _MAX_SEED or ties is None:
         return None
     if type(known.get("vars", {})) is not dict or not all(type(k) is str for k in known.get("vars", {})):
         return None
@@ -291,7 +292,28 @@ def _quick_top(known: dict[str, Any]) -> _Top | None:
     example = None if raw_input is None else quick_input(raw_input)
     if raw_input is not None and example is None:
         return None
-    return _Top(name, description, seed, example, ())
+    return _Top(name, description, seed, example, ties)
+
+
+_PARAM_RE = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")  # fullmatch: TieSpec's pattern for param and to
+_TIE_KEYS = frozenset({"param", "to", "transposed"})
+
+
+def _quick_ties(raw: Any) -> tuple[Tie, ...] | None:
+    """``ties:`` if every entry is plainly what ``TieSpec`` accepts, else None."""
+    if type(raw) is not list:
+        return None
+    ties = []
+    for i, t in enumerate(raw):
+        if type(t) is not dict or not t.keys() <= _TIE_KEYS:
+            return None
+        param, to, transposed = t.get("param"), t.get("to"), t.get("transposed", False)
+        if type(param) is not str or type(to) is not str or type(transposed) is not bool:
+            return None
+        if not (_PARAM_RE.fullmatch(param) and _PARAM_RE.fullmatch(to)):
+            return None
+        ties.append(Tie(param, to, transposed, ("ties", i)))
+    return tuple(ties)
 
 
 def _checked_top(known: dict[str, Any], errors: Collector) -> _Top | None:
