@@ -169,21 +169,22 @@ def test_top_level_keys_are_the_grammars() -> None:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_validate_imports_no_pydantic_for_plain_specs() -> None:
-    # ties, trainable and init are checked on a meta build (torch, pydantic): not these
-    specs = [ROOT / "specs" / "zoo" / name for name in ("resnet18.yaml", "albert.yaml", "bert_model.yaml", "unet.yaml")]
-    specs += sorted((ROOT / "specs" / "d2l").glob("*.yaml"))
+def test_validating_any_bundled_spec_imports_neither_torch_nor_pydantic() -> None:
+    # ties, trainable and init rules are checked on the torch-free skeleton (test_validate_tiefree),
+    # and plainly valid values without pydantic (here and test_init_quick)
+    specs = sorted((ROOT / "specs").rglob("*.yaml"))
+    assert {s.stem for s in specs} >= {"gpt2", "bert", "tied_autoencoder", "resnet18", "llama3_70b"}
     code = (
         "import sys\nfrom modelspec.cli import main\n"
         f"for spec in {[str(s) for s in specs]!r}:\n"
         "    assert main(['validate', spec]) == 0, spec\n"
-        "assert 'pydantic' not in sys.modules, 'pydantic was imported'\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pydantic', 'pydantic_core'}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "MODELSPEC_NO_CACHE"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True)  # fmt: skip
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_a_free_tensor_drawn_at_random_keeps_its_init(tmp_path: Path) -> None:
