@@ -716,7 +716,6 @@ def retie(model: nn.Module, *, spec: SpecSource | None = None, verify: bool = Tr
             code="wrapped",
         )
     retie_module(inner, ties, verify=verify)
-    generate_code(inner)  # a model built on meta runs after retie: its forwards are made now
     problems = check_ties(inner, ties)
     if problems:  # e.g. a module between them was replaced by one that cannot hold the tie
         raise TieMismatchError("cannot restore the ties: " + "; ".join(problems[:8]), code="tie-mismatch")
@@ -770,7 +769,6 @@ def _allocate(resolved: Resolved, device: torch.device, skeleton: nn.Module) -> 
         info = _INFO[skeleton]
         module = skeleton.to_empty(device=device)
         retie_module(module, resolved.spec.ties, verify=False)  # to_empty breaks parameter ties; values come next
-        generate_code(module)  # built on meta, where forwards wait for a first call
         if unique_state(module)[1] == ties and transposed_map(module) == transposed:
             _INFO[module] = info
             return module
@@ -828,6 +826,7 @@ def materialize(model: nn.Module, *, device: str | torch.device = "cpu") -> nn.M
             module._parameters[key] = source._parameters[key]  # the same objects: ties carry over
         for key in module._buffers:
             module._buffers[key] = source._buffers[key]
+    generate_code(model)  # built on meta, its forwards waited for a first call
     return wrapper
 
 

@@ -217,6 +217,26 @@ def _syncer() -> ThreadPoolExecutor:
     return _SYNCER
 
 
+def _forget_syncs() -> None:
+    """In a forked child: the parent's fsync threads do not exist here, nor its files' syncs."""
+    global _SYNCER
+    _SYNCER = None
+    _SYNCING.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_syncs)
+
+
+def _drain_syncs() -> None:
+    """Wait for the background fsyncs of a folder that is being discarded (a failed build),
+    so that no file of it is still open; their errors no longer matter."""
+    for key, sync in list(_SYNCING.items()):
+        with contextlib.suppress(Exception):
+            sync.result()
+        _SYNCING.pop(key, None)
+
+
 def _sync_folder(folder: Path) -> None:
     """Make a rename in ``folder`` durable; best effort (some file systems refuse it)."""
     with contextlib.suppress(OSError):
@@ -436,6 +456,7 @@ def atomic_dir(out: Path, *, keep: Iterable[Path] = ()) -> Iterator[Path]:
             _swap(tmp, out)
         except BaseException:
             signals.deferring = True
+            _drain_syncs()
             if wrapper is not None:
                 _discard_wrapper(wrapper, wrapper / out.name, "tmp")
             raise

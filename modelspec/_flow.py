@@ -17,11 +17,13 @@ model.code)`` shows the generated forward.
 from __future__ import annotations
 
 import copy
+import itertools
 import operator
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.fx as fx
@@ -128,10 +130,6 @@ class SpecGraphModule(fx.GraphModule):
     and pickles by re-tracing the generated code (which calls a module used twice by its
     first name only)."""
 
-    #: set only while build_graph makes one: its child graph modules are new (their code is
-    #: generated, or will be on their first call), and its own code can wait for its first call
-    _fresh = False
-
     def __deepcopy__(self, memo: dict[int, Any]) -> SpecGraphModule:
         copied = SpecGraphModule.__new__(SpecGraphModule)
         memo[id(self)] = copied
@@ -141,12 +139,19 @@ class SpecGraphModule(fx.GraphModule):
         type(copied).__name__ = type(self).__name__
         return copied
 
+    #: TorchScript compiles properties unless told not to
+    __jit_unused_properties__: ClassVar[list[str]] = [*fx.GraphModule.__jit_unused_properties__, "code"]
+
     def recompile(self) -> Any:
-        if SpecGraphModule._fresh:
-            # a new graph module generates its forward when it is first called: a model built
-            # to be counted or reported (a 70B spec on meta: 241 graphs) never needs the code
+        if getattr(_MAKING, "one", False):
+            # a graph module build_graph makes generates its forward when it is first needed
+            # (called, inspected, moved off meta): a model built to be counted or reported
+            # (a 70B spec on meta: 241 graphs) never needs the code
             type(self).forward = _forward_on_first_call
             return None
+        return self._generate()
+
+    def _generate(self) -> Any:
         code = super().recompile()
         # fx wraps __call__ to print the generated source to stderr when forward raises;
         # a library does not print (the traceback still shows the generated line).
@@ -154,19 +159,30 @@ class SpecGraphModule(fx.GraphModule):
         return code
 
     def _recompile_submodules(self) -> list[Any]:
-        if self._fresh:
-            # a new graph module's children are new too, each with its own forward (or one to be
-            # generated on its first call): fx would generate theirs again, at every level
-            return []
-        return super()._recompile_submodules()
+        # each graph module generates its own forward (when its graph is set, or when first
+        # needed): fx would generate every descendant's again, once per level above it
+        return []
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        out = super()._apply(fn, recurse)
+        # moved off meta (to_empty, .to, .cuda): it is about to run, perhaps under torch.compile,
+        # which must see the generated forward, not the one that generates it
+        if "_code" not in self.__dict__ and not any(t.is_meta for t in self._own_tensors()):
+            self._generate()
+        return out
+
+    def _own_tensors(self) -> Any:
+        return itertools.chain(self.parameters(), self.buffers())
 
     @property
     def code(self) -> str:
-        generate_code(self)
+        if "_code" not in self.__dict__:
+            self._generate()
         return super().code
 
     def __str__(self) -> str:
-        generate_code(self)
+        if "_code" not in self.__dict__:
+            self._generate()
         return super().__str__()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -174,9 +190,13 @@ class SpecGraphModule(fx.GraphModule):
         return (_restore, (state, _graph_rows(self.graph)))
 
 
+#: per thread: set while build_graph makes a SpecGraphModule (its forward can wait)
+_MAKING = threading.local()
+
+
 def _forward_on_first_call(self: SpecGraphModule, *args: Any, **kwargs: Any) -> Any:
     """The forward of a graph module whose code is not generated yet: generate, then run it."""
-    self.recompile()
+    self._generate()
     return self.forward(*args, **kwargs)
 
 
@@ -185,7 +205,7 @@ def generate_code(module: nn.Module) -> None:
     (before anything inspects ``forward`` itself: ``torch.compile``, ``torch.export``)."""
     for m in module.modules():
         if isinstance(m, SpecGraphModule) and "_code" not in m.__dict__:
-            m.recompile()
+            m._generate()
 
 
 def _chain(g: fx.Graph, targets: list[str], args: tuple[Any, ...], kwargs: dict[str, Any], node: GraphNode,
@@ -268,11 +288,11 @@ def build_graph(graph: Graph, builder: _Builder) -> fx.GraphModule:
     else:
         g.output(value(graph.outputs[0]))
     g.lint()
-    SpecGraphModule._fresh = True
+    _MAKING.one = True
     try:
         module = SpecGraphModule(root, g, class_name="GraphModule")
     finally:
-        SpecGraphModule._fresh = False
+        _MAKING.one = False
     # fx copied the targets it needs, with plain nn.Module() containers: hold exactly the
     # objects built here instead, in the written order.
     module._modules = OrderedDict(root._modules)

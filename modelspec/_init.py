@@ -173,6 +173,7 @@ def _quick_rule(item: Any, path: SpecPath) -> Rule | None:
         if number is None or (kind == "std" and not number >= 0):
             return None
         args[name] = number
+    args = {k: args[k] for k in defaults if k in args}  # in the grammar's order, as its model_dump gives
     full = {**defaults, **args}
     if any(v is REQUIRED for v in full.values()):
         return None

@@ -287,7 +287,8 @@ def _values(
     # one intra-op thread until the workers are done: torch gives a thread, at its first op,
     # the setting last made by any thread (see one_intraop_thread), so keep it at 1 meanwhile
     with one_intraop_thread():
-        workers = [threading.Thread(target=work, name=f"modelspec-values-{k}") for k in range(max(1, threads))]
+        count = max(1, min(threads, len(tasks)))
+        workers = [threading.Thread(target=work, name=f"modelspec-values-{k}") for k in range(count)]
         for w in workers:
             w.start()
         try:

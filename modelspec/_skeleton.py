@@ -21,6 +21,7 @@ the caller then builds on ``meta``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -256,9 +257,16 @@ def described_skeleton(resolved: Resolved) -> tuple[Skel, SkeletonBuilder] | Non
     """:func:`skeleton`, when it can stand in for the constructed model: None with plugins
     (their classes are read), with a torch the layer formulas were not checked with, or
     when a layer is not described."""
-    if registry._described() is None or not formulas_hold():
+    if registry._described() is None or not formulas_hold() or not _default_float32():
         return None
     return skeleton(resolved)
+
+
+def _default_float32() -> bool:
+    """Whether layers would make float32 tensors (the formulas' dtype): always, unless this
+    process imported torch and changed its default (``torch.set_default_dtype``)."""
+    torch = sys.modules.get("torch")
+    return torch is None or torch.get_default_dtype() == torch.float32
 
 
 def check_without_torch(resolved: Resolved) -> bool:

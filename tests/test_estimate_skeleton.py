@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from modelspec import _api
 from modelspec._build import construct_on_meta
@@ -44,3 +45,15 @@ def test_a_lazy_layer_falls_back_to_meta() -> None:
     est, (largest, _) = _api._constructed_estimate(resolved)
     assert est.params == 3 * 4 + 4  # the lazy layer is not sized yet: not counted
     assert largest == (3 * 4 + 4) * 4
+
+
+def test_another_default_dtype_is_estimated_from_the_built_modules() -> None:
+    resolved = compile_spec(ROOT / "specs" / "zoo" / "lenet.yaml")
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert described_skeleton(resolved) is None  # the formulas make float32
+        est, _ = _api._constructed_estimate(resolved)
+        assert est.dtype == "float64"
+    finally:
+        torch.set_default_dtype(before)
