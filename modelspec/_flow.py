@@ -167,22 +167,23 @@ class SpecGraphModule(fx.GraphModule):
         out = super()._apply(fn, recurse)
         # moved off meta (to_empty, .to, .cuda): it is about to run, perhaps under torch.compile,
         # which must see the generated forward, not the one that generates it
-        if "_code" not in self.__dict__ and not any(t.is_meta for t in self._own_tensors()):
+        waits = "_code" not in self.__dict__  # checked first: a generated one walks no tensors
+        if waits and not any(t.is_meta for t in itertools.chain(self.parameters(), self.buffers())):
             self._generate()
         return out
 
-    def _own_tensors(self) -> Any:
-        return itertools.chain(self.parameters(), self.buffers())
+    def ensure_code(self) -> None:
+        """Generate the forward now if it waits for its first call."""
+        if "_code" not in self.__dict__:
+            self._generate()
 
     @property
     def code(self) -> str:
-        if "_code" not in self.__dict__:
-            self._generate()
+        self.ensure_code()
         return super().code
 
     def __str__(self) -> str:
-        if "_code" not in self.__dict__:
-            self._generate()
+        self.ensure_code()
         return super().__str__()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -204,8 +205,8 @@ def generate_code(module: nn.Module) -> None:
     """Generate the forward of every graph module in ``module`` that waits for its first call
     (before anything inspects ``forward`` itself: ``torch.compile``, ``torch.export``)."""
     for m in module.modules():
-        if isinstance(m, SpecGraphModule) and "_code" not in m.__dict__:
-            m._generate()
+        if isinstance(m, SpecGraphModule):
+            m.ensure_code()
 
 
 def _chain(g: fx.Graph, targets: list[str], args: tuple[Any, ...], kwargs: dict[str, Any], node: GraphNode,
